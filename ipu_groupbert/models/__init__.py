@@ -78,10 +78,10 @@ def build_model(config: PretrainedConfig, task: str) -> PreTrainedModel:
     return model_class(config.model_type, task)(config)
 
 
-def load_pretrained(path: str | Path, task: str) -> PreTrainedModel:
+def load_pretrained(path: str | Path, task: str, **config_overrides) -> PreTrainedModel:
     """Load a checkpoint folder (ours, or a Hugging Face BERT) into the model for `task`.
 
-    Weights the checkpoint lacks (for example a question-answering head, or the MLM head of a
+    `config_overrides` replace values of the checkpoint's config (for example dropout). Weights the checkpoint lacks (for example a question-answering head, or the MLM head of a
     `BertModel` checkpoint) are freshly initialised and listed in the log.
     """
     path = Path(path)
@@ -92,7 +92,9 @@ def load_pretrained(path: str | Path, task: str) -> PreTrainedModel:
             f"point to a step_<N> folder of a run or to a Hugging Face model folder"
         )
     config = AutoConfig.from_pretrained(path)
-    model, info = model_class(config.model_type, task).from_pretrained(path, output_loading_info=True)
+    model, info = model_class(config.model_type, task).from_pretrained(
+        path, output_loading_info=True, **config_overrides
+    )
     if info["missing_keys"]:
         logger.info("Initialised %d tensors not in %s: %s", len(info["missing_keys"]), path, sorted(info["missing_keys"]))
     return model
