@@ -100,7 +100,7 @@ def load_references(dataset: str | Path | Sequence[Any]) -> tuple[dict[str, Refe
 
     `dataset` is a SQuAD JSON file or a sequence of `SquadExample`s (anything with `qas_id`,
     `answers` and `is_impossible`). Returns the references and whether the data is SQuAD v2.0
-    (its version says so, or a question has no answer).
+    (its version field is 2.x, or a question has no answer).
     """
     if isinstance(dataset, (str, Path)):
         path = Path(dataset)
@@ -137,7 +137,7 @@ def _read_json_mapping(value: str | Path | Mapping[str, Any], what: str) -> dict
     with path.open(encoding="utf-8") as handle:
         loaded = json.load(handle)
     if not isinstance(loaded, dict):
-        raise ValueError(f"{what} file {path} must hold a JSON object mapping question ids to values")
+        raise ValueError(f"{what} file {path} must contain a JSON object mapping question ids to values")
     return loaded
 
 
@@ -197,7 +197,7 @@ def evaluate_predictions(
     """
     references, is_v2 = load_references(dataset_json_path_or_examples)
     if not references:
-        raise ValueError("the SQuAD data holds no questions to evaluate")
+        raise ValueError("the SQuAD data contains no questions to evaluate")
     predictions = {str(qid): text for qid, text in _read_json_mapping(predictions, "predictions").items()}
     bad_types = [qid for qid, text in predictions.items() if not isinstance(text, str)]
     if bad_types:

@@ -434,10 +434,10 @@ def load_tokenizer(path: str | Path):
             return load_tokenizer(path / "vocab.txt")
         else:
             raise FileNotFoundError(
-                f"{path} holds no tokenizer: expected tokenizer.json, tokenizer_config.json or vocab.txt in it"
+                f"no tokenizer files in {path}: expected tokenizer.json, tokenizer_config.json or vocab.txt in it"
             )
     elif path.is_file() and path.suffix == ".json":
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), **_SPECIAL_TOKENS)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
     elif path.is_file():
         vocab = _read_vocab(path)
         lower_case = vocab_is_uncased(vocab)
@@ -450,11 +450,20 @@ def load_tokenizer(path: str | Path):
 
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer from {path} is not a fast tokenizer; character offsets need the Rust `tokenizers` backend")
+    _fill_bert_special_tokens(tokenizer)
     for role in ("cls_token_id", "sep_token_id", "pad_token_id"):
         if getattr(tokenizer, role, None) is None:
             raise ValueError(f"tokenizer from {path} has no {role.removesuffix('_id')}; SQuAD features need [CLS], [SEP] and [PAD]")
     _warn_on_case_mismatch(tokenizer, path)
     return tokenizer
+
+
+def _fill_bert_special_tokens(tokenizer) -> None:
+    """Set BERT's special tokens that a bare `tokenizer.json` leaves undefined but its vocabulary has."""
+    vocab = tokenizer.get_vocab()
+    for role, token in _SPECIAL_TOKENS.items():
+        if getattr(tokenizer, role, None) is None and token in vocab:
+            setattr(tokenizer, role, token)
 
 
 def _warn_on_case_mismatch(tokenizer, path: Path) -> None:
@@ -490,7 +499,9 @@ class SquadFeature:
     [SEP], padding). `token_is_max_context` [S] marks the context tokens whose score counts in
     this window: of the windows holding a token, the one where it has the most context on its
     shorter side. `start_position`/`end_position` index the answer's first and last token, or 0
-    ([CLS]) when the example has no answer or the answer is not wholly inside this window.
+    ([CLS]) when the example has no answer or the answer is not wholly inside this window, and
+    `is_impossible` is then true. `example_index` is the example's position in the list the
+    features were made from.
     """
 
     example_index: int
@@ -597,9 +608,13 @@ def convert_examples_to_features(
         report.log()
         return features, report
 
-    question_encodings = tokenizer([example.question for example in examples], add_special_tokens=False)["input_ids"]
+    # verbose=False: contexts longer than the model's maximum length are expected here, because
+    # they are cut into windows below, so the tokenizer's warning about them would mislead.
+    question_encodings = tokenizer(
+        [example.question for example in examples], add_special_tokens=False, verbose=False
+    )["input_ids"]
     unique_contexts = list(dict.fromkeys(example.context for example in examples))
-    context_encodings = tokenizer(unique_contexts, add_special_tokens=False, return_offsets_mapping=True)
+    context_encodings = tokenizer(unique_contexts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     context_index = {context: index for index, context in enumerate(unique_contexts)}
 
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
@@ -718,7 +733,11 @@ class SquadFeatureDataset(torch.utils.data.Dataset):
 
 
 def save_features(path: str | Path, features: Sequence[SquadFeature]) -> None:
-    """Write features to a NumPy `.npz` archive, written to a temporary name and then renamed."""
+    """Write features to a NumPy `.npz` archive, written to a temporary name and then renamed.
+
+    The archive does not store the examples: post-processing needs them from
+    `read_squad_examples` on the same input, whose order `example_index` refers to.
+    """
     if not features:
         raise ValueError("no SQuAD features to save; every example was skipped (see the logged skip report)")
     path = Path(path)

@@ -456,10 +456,19 @@ def test_tokenizer_from_json_and_folders(tmp_path, minilm_dir, bert_vocab_file):
         assert tokenizer(text)["input_ids"] == expected
 
 
+def test_tokenizer_from_checkpoint_folder(tmp_path, minilm_dir):
+    """A checkpoint folder with only config.json and tokenizer.json still gets BERT's special tokens."""
+    shutil.copy(minilm_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
+    tokenizer = load_tokenizer(tmp_path)
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) == (101, 102, 0)
+    assert tokenizer.tokenize("Hello") == ["hello"]
+
+
 def test_tokenizer_bad_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_tokenizer(tmp_path / "missing.txt")
-    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(tmp_path)
     bad = tmp_path / "vocab.txt"
     bad.write_text("a\nb\na\n", encoding="utf-8")
