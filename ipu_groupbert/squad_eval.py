@@ -24,6 +24,7 @@ import math
 import os
 import re
 import string
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -492,4 +493,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")

@@ -212,3 +212,13 @@ def test_module_command_lines(tmp_path, v2_sample, bert_vocab_file):
     )
     result = json.loads(completed.stdout)
     assert (result["exact_match"], result["f1"], result["NoAns_total"]) == (100.0, 100.0, 6)
+
+    failed = subprocess.run(
+        [sys.executable, "-m", "ipu_groupbert.squad_eval", "--data-file", str(v2_sample), "--prediction-file", str(tmp_path / "absent.json")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1
+    assert "predictions file" in failed.stderr
+    assert "not found" in failed.stderr

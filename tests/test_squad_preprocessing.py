@@ -294,6 +294,19 @@ def test_other_invalid_questions(tmp_path, first_paragraph):
     }
 
 
+def test_is_impossible_as_string(first_paragraph):
+    context = first_paragraph["context"]
+    start = context.index("IPCC")
+    records = [
+        {"id": "yes", "context": context, "question": "What?", "answers": {"text": ["IPCC"], "answer_start": [start]}, "is_impossible": "false"},
+        {"id": "no", "context": context, "question": "Who?", "answers": {"text": [], "answer_start": []}, "is_impossible": "True"},
+    ]
+    examples, report = read_squad_examples(records, is_training=True, version_2_with_negative=True)
+    assert report.kept == 2
+    assert [example.is_impossible for example in examples] == [False, True]
+    assert examples[0].answer_text == "IPCC"
+
+
 def test_not_a_squad_file(tmp_path):
     path = tmp_path / "other.json"
     path.write_text(json.dumps([{"question": "x"}]), encoding="utf-8")
