@@ -355,7 +355,7 @@ def postprocess_predictions(
     """Turn start and end logits into one answer text per question.
 
     `start_logits`/`end_logits` are [F, S] (numpy, torch or nested lists): row i belongs to
-    `features[i]`, or to `features[feature_indices[i]]` when `feature_indices` (the datasets's
+    `features[i]`, or to `features[feature_indices[i]]` when `feature_indices` (the dataset's
     `feature_index` values, in the order the logits were produced) is given. For every example
     the best `n_best_size` start and end tokens of each of its features are paired (see
     `_feature_candidates` for the rules); an answer is the context substring from the start
@@ -364,7 +364,8 @@ def postprocess_predictions(
     null score - best answer score > `null_score_diff_threshold`.
 
     Writes `predictions.json`, `nbest_predictions.json` and, for v2.0, `null_odds.json` (those
-    score differences) into `output_dir` when it is given. Returns {question id: answer text}.
+    score differences; Infinity for a question without any valid span) into `output_dir` when it
+    is given. Returns {question id: answer text}.
     """
     if n_best_size <= 0 or max_answer_length <= 0:
         raise ValueError(f"n_best_size ({n_best_size}) and max_answer_length ({max_answer_length}) must be positive")
@@ -385,7 +386,13 @@ def postprocess_predictions(
 
     features_per_example: dict[int, list[int]] = collections.defaultdict(list)
     for feature_position, feature in enumerate(features):
-        features_per_example[feature.example_index].append(feature_position)
+        example_index = feature.example_index
+        if not 0 <= example_index < len(examples) or examples[example_index].qas_id != feature.example_id:
+            raise ValueError(
+                f"feature {feature_position} (question {feature.example_id}, example_index {example_index}) does not "
+                "match the examples given; pass the examples the features were made from, in the same order"
+            )
+        features_per_example[example_index].append(feature_position)
 
     predictions: dict[str, str] = {}
     nbest_predictions: dict[str, list[dict[str, Any]]] = {}

@@ -251,6 +251,16 @@ def test_feature_indices_reorder_logits(ipcc_example, bert_tokenizer):
         postprocess_predictions([ipcc_example], features, start, end, feature_indices=[0] * len(features))
 
 
+def test_mismatched_examples_rejected(ipcc_example, bert_tokenizer):
+    features = one_feature(ipcc_example, bert_tokenizer)
+    other = SquadExample(qas_id="other", question="Who?", context=ipcc_example.context, answers=[])
+    logits = np.zeros((1, 384))
+    with pytest.raises(ValueError, match="does not match the examples given"):
+        postprocess_predictions([other], features, logits, logits)
+    with pytest.raises(ValueError, match="does not match the examples given"):
+        postprocess_predictions([], features, logits, logits)
+
+
 def test_torch_half_logits(ipcc_example, bert_tokenizer):
     features = one_feature(ipcc_example, bert_tokenizer)
     start = torch.zeros(1, 384, dtype=torch.bfloat16)
