@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import re
 import sys
@@ -788,8 +789,27 @@ class RunConfig:
     # -- conversion ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Return every key of every section as plain YAML-ready values."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_CLASSES}
+        """Return every key of every section as plain YAML-ready values.
+
+        The squad section is included only when the configuration has one, so a saved
+        pre-training config does not turn into a SQuAD config (whose extra checks would apply).
+        When squad.epochs is set, the result stays loadable, because a file may not set both
+        epochs and training_steps: once training_steps has been derived from the epochs
+        (`updated` with a "derived ..." source) epochs is written as null, so the file replays
+        the same number of steps; before that, training_steps is left out.
+        """
+        values = {
+            name: dataclasses.asdict(getattr(self, name))
+            for name in SECTION_CLASSES
+            if name != "squad" or "squad" in self.sections_present
+        }
+        if "squad" in values and self.squad.epochs is not None:
+            steps_origin = self.provenance.get("training.training_steps", "")
+            if steps_origin.startswith(DERIVED_PREFIX):
+                values["squad"]["epochs"] = None
+            else:
+                del values["training"]["training_steps"]
+        return values
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the resolved configuration as YAML (atomically: a temporary file, then a rename)."""
@@ -943,9 +963,7 @@ class RunConfig:
         errors: list[str] = []
         present: set[str] = set()
         _collect_file_values(Path(source), sections, raw, errors, present)
-        if errors:
-            raise ConfigError("\n".join(errors))
-        return _build(raw, present, source_path=None)
+        return _build(raw, present, source_path=None, errors=errors)
 
 
 # Model keys that fine-tuning may set differently from the pre-trained checkpoint.
@@ -972,9 +990,10 @@ def _format_value(value: Any) -> str:
 # Derived-value helpers
 
 
-def warmup_steps(training: TrainingConfig) -> int:
-    """Return the number of warm-up steps: round(lr_warmup x training_steps)."""
-    return int(round(training.lr_warmup * training.training_steps))
+def warmup_steps(training: TrainingConfig, total_steps: Optional[int] = None) -> int:
+    """Return the number of warm-up steps: lr_warmup x total_steps (default training_steps), rounded half up."""
+    steps = training.training_steps if total_steps is None else total_steps
+    return math.floor(training.lr_warmup * steps + 0.5)
 
 
 def expand_layers_per_ipu(layers_per_ipu: Union[int, list[int]], num_layers: int, ipus: int) -> list[int]:
@@ -1030,8 +1049,12 @@ def expand_matmul_proportion(proportion: Union[float, list[float]], ipus: int) -
 # Validation
 
 
-def _build(raw: dict[tuple[str, str], _RawValue], present: set[str], source_path: Optional[Path]) -> RunConfig:
-    errors: list[str] = []
+def _build(
+    raw: dict[tuple[str, str], _RawValue], present: set[str], source_path: Optional[Path],
+    errors: Optional[list[str]] = None,
+) -> RunConfig:
+    """Convert and check every value, then the combinations; `errors` holds earlier structural problems."""
+    errors = list(errors or [])
     sections: dict[str, Any] = {}
     for section, cls in SECTION_CLASSES.items():
         values = {}
@@ -1214,11 +1237,9 @@ def load_config(name_or_path: str, overrides: Optional[list[str]] = None) -> Run
     present: set[str] = set()
     for file_path, data in _read_chain(path):
         _collect_file_values(file_path, data, raw, errors, present)
-    if errors:
-        raise ConfigError("\n".join(errors))
     _collect_overrides(list(overrides or []), raw)
     present.update(section for section, _ in raw)
-    return _build(raw, present, source_path=path.resolve())
+    return _build(raw, present, source_path=path.resolve(), errors=errors)
 
 
 def format_help(description: str, prog: str, config: Optional[RunConfig] = None) -> str:

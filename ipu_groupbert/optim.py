@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig, TrainingConfig
+from .config import warmup_steps as count_warmup_steps
 
 __all__ = [
     "Lamb",
@@ -208,12 +209,12 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: Optional[float]) 
     With `max_norm` None the norm is only measured (for logging). A non-finite norm (an fp16
     overflow) is returned without touching the gradients, so the caller can skip the step.
     """
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
         return torch.tensor(0.0)
-    total_norm = torch.nn.utils.get_total_norm(grads)
+    total_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if max_norm is not None and torch.isfinite(total_norm):
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total_norm)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
     return total_norm
 
 
@@ -275,8 +276,8 @@ def build_lr_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Return the schedule `training.lr_schedule` names over `total_steps` optimizer steps.
 
-    warmup_steps = round(lr_warmup x total_steps). Call `step()` once after each optimizer step;
-    the module docstring says which learning rate each step uses and how resuming works.
+    warmup_steps = lr_warmup x total_steps, rounded half up. Call `step()` once after each optimizer step;
+    the module docstring describes which learning rate each step uses and how resuming works.
     """
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_multiplier(training, total_steps))
 
@@ -286,7 +287,7 @@ def schedule_multiplier(training: Union[TrainingConfig, RunConfig], total_steps:
     if isinstance(training, RunConfig):
         training = training.training
     return ScheduleMultiplier(
-        training.lr_schedule, total_steps, int(round(training.lr_warmup * total_steps)),
+        training.lr_schedule, total_steps, count_warmup_steps(training, total_steps),
         warmup_exponent=training.lr_warmup_exponent, decay_power=training.lr_decay_power,
     )
 
