@@ -91,9 +91,15 @@ def _references_from_answer_lists(answer_lists: Iterable[tuple[str, Sequence[str
     references = {}
     for qid, texts in answer_lists:
         # As in the official v2.0 script: answers that normalise to nothing do not count.
-        kept = [text for text in texts if normalize_answer(text)]
-        references[qid] = Reference(answers=kept or [""], has_answer=bool(texts))
+        scorable = [text for text in texts if normalize_answer(text)]
+        references[qid] = Reference(answers=scorable or [""], has_answer=bool(texts))
     return references
+
+
+def _answer_text(answer: Any) -> str:
+    """Return an answer's text; a malformed answer counts as an empty one, which never matches."""
+    text = answer.get("text") if isinstance(answer, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def load_references(dataset: str | Path | Sequence[Any]) -> tuple[dict[str, Reference], bool]:
@@ -112,7 +118,7 @@ def load_references(dataset: str | Path | Sequence[Any]) -> tuple[dict[str, Refe
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             raise ValueError(f"{path} is not a SQuAD file: expected a JSON object with a 'data' list of articles")
         answer_lists = [
-            (str(qa.get("id")), [answer.get("text", "") for answer in qa.get("answers") or []])
+            (str(qa.get("id")), [_answer_text(answer) for answer in qa.get("answers") or []])
             for article in data["data"]
             for paragraph in article.get("paragraphs", [])
             for qa in paragraph.get("qas", [])
@@ -120,7 +126,7 @@ def load_references(dataset: str | Path | Sequence[Any]) -> tuple[dict[str, Refe
         declared_v2 = str(data.get("version", "")).lstrip("v").startswith("2")
     else:
         answer_lists = [
-            (str(example.qas_id), [] if example.is_impossible else [answer["text"] for answer in example.answers])
+            (str(example.qas_id), [] if example.is_impossible else [_answer_text(answer) for answer in example.answers])
             for example in dataset
         ]
         declared_v2 = any(example.is_impossible for example in dataset)
@@ -129,16 +135,16 @@ def load_references(dataset: str | Path | Sequence[Any]) -> tuple[dict[str, Refe
     return references, is_v2
 
 
-def _read_json_mapping(value: str | Path | Mapping[str, Any], what: str) -> dict[str, Any]:
+def _read_json_mapping(value: str | Path | Mapping[str, Any], description: str) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     path = Path(value)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} not found")
+        raise FileNotFoundError(f"{description} file {path} not found")
     with path.open(encoding="utf-8") as handle:
         loaded = json.load(handle)
     if not isinstance(loaded, dict):
-        raise ValueError(f"{what} file {path} must contain a JSON object mapping question ids to values")
+        raise ValueError(f"{description} file {path} must contain a JSON object mapping question ids to values")
     return loaded
 
 
@@ -239,8 +245,8 @@ def evaluate_predictions(
         "unexpected_predictions": len(unexpected),
     }
     if is_v2:
-        for name, wanted in (("HasAns", True), ("NoAns", False)):
-            qids = [qid for qid in all_qids if references[qid].has_answer == wanted]
+        for name, has_answer in (("HasAns", True), ("NoAns", False)):
+            qids = [qid for qid in all_qids if references[qid].has_answer == has_answer]
             if qids:
                 result[f"{name}_exact"] = percent(exact_scores, qids)
                 result[f"{name}_f1"] = percent(f1_scores, qids)
