@@ -97,7 +97,8 @@ def _references_from_answer_lists(answer_lists: Iterable[tuple[str, Sequence[str
 
 
 def _answer_text(answer: Any) -> str:
-    """Return an answer's text; a malformed answer counts as an empty one, which never matches."""
+    """Return an answer's text, or "" for a malformed answer, which scoring then drops like any
+    answer that normalises to nothing."""
     text = answer.get("text") if isinstance(answer, dict) else None
     return text if isinstance(text, str) else ""
 
