@@ -155,15 +155,13 @@ def _dropout_overrides(config: RunConfig) -> dict:
 
 def _features(config: RunConfig, tokenizer, path: str, *, is_training: bool):
     squad = config.squad
-    examples, read_report = squad_data.read_squad_examples(
+    examples, _ = squad_data.read_squad_examples(
         path, is_training=is_training, version_2_with_negative=squad.version_2_with_negative
     )
-    read_report.log()
-    features, convert_report = squad_data.convert_examples_to_features(
+    features, _ = squad_data.convert_examples_to_features(
         examples, tokenizer, max_seq_length=config.data.sequence_length, doc_stride=squad.doc_stride,
         max_query_length=squad.max_query_length, is_training=is_training, source=str(path),
     )
-    convert_report.log()
     return examples, features
 
 
