@@ -5,7 +5,7 @@ A run is described by one YAML file under `configs/` (or any path) with the sect
 BERT application and are unique across sections, so every key also has a flat command-line
 spelling (`--training-steps 50`) besides the sectioned one (`--training.training_steps 50`).
 
-Every key is a field of a section dataclass below. The field's metadata (`KeySpec`) holds the
+Every key is a field of a section dataclass below. The field's metadata (`KeySpec`) contains the
 one-line documentation, the unit and the allowed range, which both validation and `--help` read.
 Values are checked when the file is loaded; each error names the key, the file (or command-line
 option) that set it and what to change, and all problems are reported together as one
@@ -222,7 +222,7 @@ class TrainingConfig:
 
 @dataclass
 class ExecutionConfig:
-    """Where and how the run executes; never saved into the model's config.json."""
+    """Execution settings: device, replication and IPU options; never saved into the model's config.json."""
 
     device: Literal["auto", "cpu", "cuda", "ipu"] = _key(
         "auto", "auto = IPU when PopTorch and IPUs are present, else CUDA when available, else CPU"
@@ -379,9 +379,9 @@ def describe_type(tp: Any) -> str:
 def _convert(value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise _InvalidValue.
 
-    Accepted conversions: an int for a float; a float with an integral value for an int (YAML
-    reads `1e4` as a float); a single string for a list of strings. bool is never taken as a
-    number (in Python it is an int subclass).
+    Three conversions are accepted: an int for a float, a float with an integral value for an
+    int (YAML reads `1e4` as a float), and a single string for a list of strings. A bool is
+    never taken as a number, although Python makes bool a subclass of int.
     """
     base, optional = _strip_optional(tp)
     if value is None:
@@ -446,6 +446,8 @@ def _check_limits(value: Any, spec: KeySpec) -> None:
     for number in numbers:
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             continue
+        if not math.isfinite(number):
+            raise _InvalidValue(f"must be a finite number, got {number!r}")
         if spec.minimum is not None and number < spec.minimum:
             raise _InvalidValue(f"must be >= {spec.minimum:g}, got {number!r}")
         if spec.maximum is not None and number > spec.maximum:
@@ -761,10 +763,10 @@ class DerivedValues:
 class RunConfig:
     """A validated run configuration.
 
-    `source` is the YAML file it was loaded from (None when built from a dict); `provenance`
-    maps "section.key" to where each explicitly set value came from (a file path or a command-line
-    option), and `explicit_keys` lists those keys. Keys not in `explicit_keys` hold built-in
-    defaults.
+    `source` is the YAML file it was loaded from, or None when it was built from a dict.
+    `provenance` maps "section.key" to the origin of each explicitly set value (a file path or a
+    command-line option), and `explicit_keys` lists those keys. The other keys have their
+    built-in defaults.
     """
 
     model: ModelConfig
@@ -793,10 +795,10 @@ class RunConfig:
 
         The squad section is included only when the configuration has one, so a saved
         pre-training config does not turn into a SQuAD config (whose extra checks would apply).
-        When squad.epochs is set, the result stays loadable, because a file may not set both
-        epochs and training_steps: once training_steps has been derived from the epochs
-        (`updated` with a "derived ..." source) epochs is written as null, so the file replays
-        the same number of steps; before that, training_steps is left out.
+        A file may not set both squad.epochs and training_steps, so the result leaves one out to
+        stay loadable. Once training_steps has been derived from the epochs (`updated` with a
+        "derived ..." source), epochs is written as null and the file replays the same number of
+        steps. Before that, training_steps is left out.
         """
         values = {
             name: dataclasses.asdict(getattr(self, name))
@@ -853,7 +855,7 @@ class RunConfig:
     def updated(self, values: dict[str, Any], *, source: str) -> "RunConfig":
         """Return a validated copy with `{"section.key": value}` replaced.
 
-        `source` says where the values come from (for example "derived from squad.epochs"); error
+        `source` names the origin of the values (for example "derived from squad.epochs"); error
         messages quote it. Keys left at their defaults are recomputed (intermediate_size follows a
         new hidden_size).
         """
@@ -1001,7 +1003,7 @@ def expand_layers_per_ipu(layers_per_ipu: Union[int, list[int]], num_layers: int
 
     A scalar n means n layers on every IPU (scalar -1: all layers spread evenly). In a list, -1
     entries share the layers the other entries leave; when they do not divide evenly, the later
-    -1 entries take one more, because IPU 0 also holds the embeddings. Raises ValueError with the
+    -1 entries take one more, because IPU 0 also carries the embeddings. Raises ValueError with the
     counts when the result cannot sum to `num_layers`.
     """
     entries = [layers_per_ipu] * ipus if isinstance(layers_per_ipu, int) else list(layers_per_ipu)
@@ -1053,7 +1055,7 @@ def _build(
     raw: dict[tuple[str, str], _RawValue], present: set[str], source_path: Optional[Path],
     errors: Optional[list[str]] = None,
 ) -> RunConfig:
-    """Convert and check every value, then the combinations; `errors` holds earlier structural problems."""
+    """Convert and check every value, then the combinations; `errors` lists earlier structural problems."""
     errors = list(errors or [])
     sections: dict[str, Any] = {}
     for section, cls in SECTION_CLASSES.items():

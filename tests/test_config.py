@@ -190,6 +190,12 @@ def test_fractional_value_for_integer_rejected(tmp_path):
         load_config(str(path))
 
 
+def test_nonfinite_number_rejected(tmp_path):
+    path = write(tmp_path, "x.yaml", "training:\n  weight_decay: .nan\n")
+    with pytest.raises(ConfigError, match=r"training.weight_decay must be a finite number, got nan"):
+        load_config(str(path))
+
+
 def test_integral_float_accepted_for_integer(tmp_path):
     path = write(tmp_path, "x.yaml", "training:\n  training_steps: 1e4\n")
     assert load_config(str(path)).training.training_steps == 10000
