@@ -1,0 +1,43 @@
+"""A small stand-in for Graphcore's `poptorch` and `popdist` packages, for CPU tests only.
+
+PopTorch ships inside the Poplar SDK and needs IPUs, neither of which exists on CI machines.
+This double lets the tests check the mapping from this project's configuration and model onto
+PopTorch's API: which modules get `BeginBlock` on which IPU, which `poptorch.Options` calls are
+made with which values, how the optimizers are built, and when `setOptimizer` is called.
+
+It does not compile or run anything on IPUs, and passing tests say nothing about execution on
+IPUs: annotations are inert (as real PopTorch's are outside IPU compilation), an executor runs
+the plain model on the CPU micro-batch by micro-batch and never updates weights. Tests that need
+real IPUs carry `@pytest.mark.ipu` and use the real package.
+
+The fake packages live in `sdk/`, which is put on `sys.path` only by the `poptorch_double`
+fixture, never on the product's default import path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+SDK_DIR = Path(__file__).resolve().parent / "sdk"
+_MODULE_PREFIXES = ("poptorch", "popdist")
+
+
+def _drop_cached_modules() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in _MODULE_PREFIXES:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def poptorch_double(monkeypatch):
+    """Install the double as `poptorch`/`popdist` for one test; yield its call recorder."""
+    _drop_cached_modules()
+    monkeypatch.syspath_prepend(str(SDK_DIR))
+    import poptorch
+
+    poptorch.RECORD.reset()
+    yield poptorch.RECORD
+    _drop_cached_modules()

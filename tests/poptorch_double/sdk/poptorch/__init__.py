@@ -1,0 +1,435 @@
+"""Double of `poptorch` 3.x (test double; see the package docstring of `poptorch_double`).
+
+Covers the part of PopTorch's API the product uses, with the same names and argument checks,
+and records every call in `RECORD`. Annotations are inert, as PopTorch's are outside IPU
+compilation. Executors run the plain model on the CPU, one micro-batch at a time, in the order
+PopART reads a combined batch ([device_iterations, gradient_accumulation, replicas, micro-batch]);
+they never compute gradients or update weights.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+
+import torch
+
+from . import optim  # noqa: F401  (poptorch.optim is imported with poptorch)
+from ._record import RECORD, PopRunEnvironment  # noqa: F401
+
+__version__ = "3.3.0+double"
+
+
+# ----- enums --------------------------------------------------------------------------------------
+
+
+class OutputMode(enum.IntEnum):
+    All = 0
+    Final = 1
+    EveryN = 2
+    Sum = 3
+    Default = 4
+
+
+class ReductionType(enum.IntEnum):
+    Sum = 0
+    Mean = 1
+    NoReduction = 2
+
+
+class MeanReductionStrategy(enum.IntEnum):
+    Running = 0
+    Post = 1
+
+
+class AutoStage(enum.IntEnum):
+    SameAsIpu = 0
+    AutoIncrement = 1
+
+
+class MatMulSerializationMode(enum.Enum):
+    InputChannels = "input_channels"
+    ReducingDim = "reducing_dim"
+    OutputChannels = "output_channels"
+    Disabled = "none"
+
+
+class ConnectionType(enum.IntEnum):
+    Always = 0
+    OnDemand = 1
+    Never = 2
+
+
+# ----- annotations and ops -----------------------------------------------------------------------
+
+
+class _BlockHook:
+    def __init__(self, user_id, ipu_id):
+        self.user_id = user_id
+        self.ipu_id = ipu_id
+
+    def __call__(self, module, inputs):
+        RECORD.block_starts.append((self.user_id, self.ipu_id))
+
+
+def BeginBlock(layer_to_call, user_id=None, ipu_id=None):
+    if not isinstance(layer_to_call, torch.nn.Module):
+        raise TypeError("module is not an instance of torch.nn.Module")
+    if any(isinstance(hook, _BlockHook) for hook in layer_to_call._forward_pre_hooks.values()):
+        raise RuntimeError("module has already been assigned to a block.")
+    layer_to_call.register_forward_pre_hook(_BlockHook(user_id, ipu_id))
+    RECORD.blocks.append((layer_to_call, user_id, ipu_id))
+    return layer_to_call
+
+
+def removeBlocks(module):
+    assert isinstance(module, torch.nn.Module)
+    for submodule in module.modules():
+        hooks = submodule._forward_pre_hooks
+        kept = OrderedDict((key, hook) for key, hook in hooks.items() if not isinstance(hook, _BlockHook))
+        RECORD.removed_blocks += len(hooks) - len(kept)
+        submodule._forward_pre_hooks = kept
+
+
+def recomputationCheckpoint(*tensors):
+    if len(tensors) == 1 and isinstance(tensors[0], (tuple, list)):
+        return type(tensors[0])(recomputationCheckpoint(*tensors[0]))
+    for tensor in tensors:
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError("All inputs must be tensors")
+    RECORD.recomputation_checkpoints += len(tensors)
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+def serializedMatMul(lhs, rhs, mode, factor=0, keep_precision=False):
+    assert isinstance(mode, MatMulSerializationMode)
+    assert isinstance(factor, int)
+    RECORD.serialized_matmuls.append((mode.name, factor))
+    return torch.matmul(lhs, rhs)
+
+
+def identity_loss(x, reduction):
+    if reduction == "none":
+        return x
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "mean":
+        return x.mean()
+    raise ValueError(f"reduction must be sum, mean or none, got {reduction!r}")
+
+
+def ipuHardwareIsAvailable(num_ipus=1):
+    return RECORD.hardware_available
+
+
+# ----- options ------------------------------------------------------------------------------------
+
+
+class PipelinedExecution:
+    def __init__(self, *args):
+        self.auto_stage = args[0] if len(args) == 1 and isinstance(args[0], AutoStage) else None
+        self.stages = args if self.auto_stage is None else ()
+
+
+class TensorLocationSettings:
+    def __init__(self):
+        self.values = {}
+
+    def useOnChipStorage(self, use=True):
+        assert isinstance(use, bool)
+        self.values["onChip"] = int(use)
+        return self
+
+    def useReplicatedTensorSharding(self, use=True):
+        assert isinstance(use, bool)
+        self.values["useReplicatedTensorSharding"] = int(use)
+        return self
+
+    def minElementsForReplicatedTensorSharding(self, min_elements):
+        assert isinstance(min_elements, int)
+        self.values["minElementsForReplicatedTensorSharding"] = min_elements
+        return self
+
+
+class _Section:
+    """A group of options (Training, Precision, ...) that logs its calls into the parent's `calls`."""
+
+    def __init__(self, parent, name):
+        self._parent = parent
+        self._name = name
+
+    def _record(self, method, *args):
+        self._parent.calls.append((f"{self._name}.{method}", args))
+
+
+class _TrainingOptions(_Section):
+    def __init__(self, parent):
+        super().__init__(parent, "Training")
+        self.gradient_accumulation = 1
+        self.reduction_type = ReductionType.Mean
+        self.mean_reduction_strategy = None
+        self.automatic_loss_scaling = False
+
+    def gradientAccumulation(self, gradient_accumulation):
+        assert isinstance(gradient_accumulation, int) and gradient_accumulation >= 1
+        self._record("gradientAccumulation", gradient_accumulation)
+        self.gradient_accumulation = gradient_accumulation
+        return self
+
+    def accumulationAndReplicationReductionType(self, reduction_type):
+        if not isinstance(reduction_type, ReductionType) or reduction_type == ReductionType.NoReduction:
+            raise ValueError("accumulationAndReplicationReductionType must be set to poptorch.ReductionType.Mean "
+                             "or poptorch.ReductionType.Sum")
+        self._record("accumulationAndReplicationReductionType", reduction_type)
+        self.reduction_type = reduction_type
+        return self
+
+    def setMeanAccumulationAndReplicationReductionStrategy(self, strategy):
+        assert isinstance(strategy, MeanReductionStrategy)
+        self._record("setMeanAccumulationAndReplicationReductionStrategy", strategy)
+        self.mean_reduction_strategy = strategy
+        return self
+
+    def setAutomaticLossScaling(self, enabled):
+        assert isinstance(enabled, bool)
+        self._record("setAutomaticLossScaling", enabled)
+        self.automatic_loss_scaling = enabled
+        return self
+
+
+class _PrecisionOptions(_Section):
+    def __init__(self, parent):
+        super().__init__(parent, "Precision")
+        self.partials_type = None
+        self.stochastic_rounding = False
+
+    def setPartialsType(self, dtype):
+        if dtype not in (torch.float, torch.half):
+            raise ValueError("parameter to setPartialsType should be either torch.float or torch.half")
+        self._record("setPartialsType", dtype)
+        self.partials_type = dtype
+        return self
+
+    def enableStochasticRounding(self, enabled):
+        assert isinstance(enabled, bool)
+        self._record("enableStochasticRounding", enabled)
+        self.stochastic_rounding = enabled
+        return self
+
+
+class _TensorLocationOptions(_Section):
+    def __init__(self, parent):
+        super().__init__(parent, "TensorLocations")
+        self.optimizer_location = None
+
+    def setOptimizerLocation(self, location):
+        assert isinstance(location, TensorLocationSettings)
+        self._record("setOptimizerLocation", dict(location.values))
+        self.optimizer_location = dict(location.values)
+        return self
+
+
+class _DistributedOptions(_Section):
+    def __init__(self, parent):
+        super().__init__(parent, "Distributed")
+        self.processId = 0
+        self.numProcesses = 1
+
+    def configureProcessId(self, process_id, num_processes):
+        self._record("configureProcessId", process_id, num_processes)
+        self.processId = process_id
+        self.numProcesses = num_processes
+        return self
+
+
+class _PopartOptions(_Section):
+    def __init__(self, parent):
+        super().__init__(parent, "_Popart")
+        self.options = {}
+
+    def set(self, key, value):
+        self._record("set", key, value)
+        self.options[key] = value
+        return self
+
+
+class Options:
+    def __init__(self):
+        self.calls = []
+        self.replication_factor = 1
+        self.device_iterations = 1
+        self.output_mode = OutputMode.Default
+        self.random_seed = None
+        self.executable_cache = None
+        self.available_memory_proportion = {}
+        self.execution_strategy = None
+        self.auto_round_num_ipus = False
+        self.synthetic_data = False
+        self.offline_ipu_version = None
+        self.connection_type = ConnectionType.Always
+        self.Training = _TrainingOptions(self)
+        self.Precision = _PrecisionOptions(self)
+        self.TensorLocations = _TensorLocationOptions(self)
+        self.Distributed = _DistributedOptions(self)
+        self._Popart = _PopartOptions(self)
+        RECORD.options.append(self)
+
+    def replicationFactor(self, replication_factor):
+        assert isinstance(replication_factor, int) and replication_factor >= 1
+        self.calls.append(("replicationFactor", (replication_factor,)))
+        self.replication_factor = replication_factor
+        return self
+
+    def deviceIterations(self, device_iterations):
+        assert isinstance(device_iterations, int) and device_iterations >= 1
+        self.calls.append(("deviceIterations", (device_iterations,)))
+        self.device_iterations = device_iterations
+        return self
+
+    def outputMode(self, output_mode, output_return_period=None):
+        assert isinstance(output_mode, OutputMode)
+        self.calls.append(("outputMode", (output_mode,)))
+        self.output_mode = output_mode
+        return self
+
+    def randomSeed(self, random_seed):
+        assert isinstance(random_seed, int)
+        self.calls.append(("randomSeed", (random_seed,)))
+        torch.manual_seed(random_seed)  # as PopTorch's randomSeed does
+        self.random_seed = random_seed
+        return self
+
+    def enableExecutableCaching(self, path):
+        self.calls.append(("enableExecutableCaching", (path,)))
+        self.executable_cache = path
+        return self
+
+    def setAvailableMemoryProportion(self, available_memory_proportion):
+        for key in available_memory_proportion:
+            assert key.startswith("IPU"), f"Invalid key: {key}"
+        self.calls.append(("setAvailableMemoryProportion", (dict(available_memory_proportion),)))
+        self.available_memory_proportion = {int(key[3:]): value for key, value in available_memory_proportion.items()}
+        return self
+
+    def setExecutionStrategy(self, strategy):
+        assert isinstance(strategy, PipelinedExecution)
+        self.calls.append(("setExecutionStrategy", (strategy,)))
+        self.execution_strategy = strategy
+        return self
+
+    def autoRoundNumIPUs(self, auto_round_num_ipus=True):
+        self.calls.append(("autoRoundNumIPUs", (auto_round_num_ipus,)))
+        self.auto_round_num_ipus = auto_round_num_ipus
+        return self
+
+    def enableSyntheticData(self, enabled):
+        assert isinstance(enabled, bool)
+        self.calls.append(("enableSyntheticData", (enabled,)))
+        self.synthetic_data = enabled
+        return self
+
+    def useOfflineIpuTarget(self, ipu_version=2):
+        self.calls.append(("useOfflineIpuTarget", (ipu_version,)))
+        self.connection_type = ConnectionType.Never
+        self.offline_ipu_version = ipu_version
+        return self
+
+    def connectionType(self, connection_type):
+        assert isinstance(connection_type, ConnectionType)
+        self.calls.append(("connectionType", (connection_type,)))
+        self.connection_type = connection_type
+        return self
+
+    def call_names(self):
+        return [name for name, _ in self.calls]
+
+
+# ----- model wrappers -----------------------------------------------------------------------------
+
+
+class PoplarExecutor:
+    """Stands in for the compiled model: runs the plain model on the CPU per micro-batch, no training."""
+
+    def __init__(self, model, options, training, optimizer=None):
+        self.model = model
+        self.options = options or Options()
+        self.training = training
+        self.optimizer = optimizer
+        self.compile_inputs = None
+        self.calls = 0
+        self.set_optimizer_calls = []  # learning rate of each parameter group per setOptimizer call
+        self.weight_copies = 0
+        self.attached = True
+        RECORD.executors.append(self)
+
+    def _micro_batches_per_call(self):
+        accumulation = self.options.Training.gradient_accumulation if self.training else 1
+        return self.options.device_iterations * accumulation * self.options.replication_factor
+
+    def compile(self, *args, **kwargs):
+        if args:
+            raise TypeError("the product passes inputs by keyword")
+        self.compile_inputs = {key: (tuple(value.shape), value.dtype) for key, value in kwargs.items()}
+        self._check_combined_batch(kwargs)
+
+    def isCompiled(self):
+        return self.compile_inputs is not None
+
+    def _check_combined_batch(self, kwargs):
+        count = self._micro_batches_per_call()
+        for key, value in kwargs.items():
+            if value is not None and value.shape[0] % count:
+                raise RuntimeError(
+                    f"input {key} has {value.shape[0]} rows, not a multiple of the {count} micro-batches per call"
+                )
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            raise TypeError("the product passes inputs by keyword")
+        if self.compile_inputs is None:
+            self.compile(**kwargs)
+        shapes = {key: (tuple(value.shape), value.dtype) for key, value in kwargs.items()}
+        if shapes != self.compile_inputs:
+            raise RuntimeError(f"inputs {shapes} differ from the compiled inputs {self.compile_inputs}")
+        self.calls += 1
+        self.model.train(self.training)
+        count = self._micro_batches_per_call()
+        rows = next(iter(kwargs.values())).shape[0] // count
+        outputs = []
+        with torch.no_grad():
+            for index in range(count):
+                micro_batch = {key: value[index * rows:(index + 1) * rows] for key, value in kwargs.items()}
+                result = self.model(**micro_batch)
+                outputs.append(result if isinstance(result, tuple) else (result,))
+        mode = self.options.output_mode
+        if mode != OutputMode.All:
+            raise NotImplementedError(f"the double only emulates OutputMode.All, not {mode!r}")
+        stacked = tuple(torch.stack([output[i] for output in outputs]) for i in range(len(outputs[0])))
+        return stacked if len(stacked) > 1 else stacked[0]
+
+    def setOptimizer(self, optimizer):
+        if not self.training:
+            raise RuntimeError("setOptimizer is only for training models")
+        self.set_optimizer_calls.append([group["lr"] for group in optimizer.param_groups])
+
+    def copyWeightsToHost(self):
+        self.weight_copies += 1
+
+    def detachFromDevice(self):
+        if not self.attached:
+            raise RuntimeError("the executor is not attached to a device")
+        self.attached = False
+
+    def isAttachedToDevice(self):
+        return self.attached
+
+    def destroy(self):
+        self.attached = False
+
+
+def trainingModel(model, options=None, optimizer=None):
+    return PoplarExecutor(model, options, training=True, optimizer=optimizer)
+
+
+def inferenceModel(model, options=None):
+    return PoplarExecutor(model, options, training=False)
