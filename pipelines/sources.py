@@ -186,7 +186,7 @@ def documents_from_lines(
         if wikitext:
             if _WIKITEXT_TITLE.match(line):
                 yield from finish()
-                paragraphs, title, start_line = [], line.strip(" =").strip(), number
+                paragraphs, title, start_line = [], _undo_wikitext_marks(line).strip(" =").strip(), number
                 continue
             if _WIKITEXT_SECTION.match(line):
                 continue

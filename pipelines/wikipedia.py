@@ -22,6 +22,7 @@ import argparse
 import bz2
 import collections
 import gzip
+import html
 import io
 import logging
 import lzma
@@ -88,12 +89,21 @@ _RANGE_WORDS = frozenset({"-", "–", "to", "and", "or", "x", "×", "by", "+/-",
 _LIST_ITEM_MARK = "\x00"
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _EMPTY_BRACKETS = re.compile(r"\(\s*(?:[,;:]\s*)*\)")
+_PUNCTUATION_AFTER_BRACKET = re.compile(r"\(\s*(?:[,;:]\s*)+")
+_PUNCTUATION_BEFORE_BRACKET = re.compile(r"(?:\s*[,;:])+\s*\)")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
 _REPEATED_COMMAS = re.compile(r",(?:\s*,)+")
 _MULTIPLE_SPACES = re.compile(r"[ \t\u00a0]{2,}")
 _LEFTOVER_QUOTES = re.compile(r"'{2,}")
 _TABLE_RESIDUE = re.compile(r"^\s*(?:\{\||\|\}|\|-|\||!)")
 _WORD = re.compile(r"\w+")
+# Markup that mwparserfromhell left as plain text (it gives up on a construct it cannot
+# close, such as a reference after an unbalanced quote) and that is removed by pattern.
+_LEFTOVER_REFERENCE = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref\s*>", re.S | re.I)
+_LEFTOVER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_LEFTOVER_LINK = re.compile(r"\[\[([^\[\]|]*)(?:\|([^\[\]]*))?\]\]")
+_LEFTOVER_EXTERNAL_LINK = re.compile(r"\[(?:https?:)?//[^\s\]]*\s*([^\]]*)\]")
+_LEFTOVER_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 
 
 @dataclass(frozen=True)
@@ -379,9 +389,34 @@ def _wikicode_to_text(wikicode: mwparserfromhell.wikicode.Wikicode) -> str:
     return "".join(out)
 
 
+def _replace_leftover_link(match: re.Match) -> str:
+    target, label = match.group(1), match.group(2)
+    prefix = target.split(":", 1)[0].strip().lower() if ":" in target else ""
+    if prefix in _NON_TEXT_LINK_PREFIXES:
+        return ""
+    return label if label is not None else target
+
+
+def _remove_leftover_markup(text: str) -> str:
+    if not any(mark in text for mark in ("<", "{{", "[[", "[http", "[//", "&")):
+        return text
+    text = _LEFTOVER_REFERENCE.sub("", text)
+    # Innermost constructs first, so nested templates and links unwind level by level.
+    for pattern, replacement in ((_LEFTOVER_TEMPLATE, ""), (_LEFTOVER_LINK, _replace_leftover_link)):
+        for _ in range(10):
+            text, changes = pattern.subn(replacement, text)
+            if not changes:
+                break
+    text = _LEFTOVER_EXTERNAL_LINK.sub(r"\1", text)
+    text = _LEFTOVER_TAG.sub("", text)
+    return html.unescape(text)
+
+
 def _clean_line(line: str) -> str:
     line = _LEFTOVER_QUOTES.sub("", line)
     line = _EMPTY_BRACKETS.sub("", line)
+    line = _PUNCTUATION_AFTER_BRACKET.sub("(", line)
+    line = _PUNCTUATION_BEFORE_BRACKET.sub(")", line)
     line = _MULTIPLE_SPACES.sub(" ", line)
     line = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", line)
     line = _REPEATED_COMMAS.sub(",", line)
@@ -392,7 +427,7 @@ def wikitext_to_paragraphs(wikitext: str | mwparserfromhell.wikicode.Wikicode) -
     """Remove the markup of one article and return its prose paragraphs."""
     if isinstance(wikitext, str):
         wikitext = mwparserfromhell.parse(wikitext)
-    text = _MAGIC_WORD.sub("", _wikicode_to_text(wikitext))
+    text = _remove_leftover_markup(_MAGIC_WORD.sub("", _wikicode_to_text(wikitext)))
     paragraphs = []
     for line in text.split("\n"):
         if line.lstrip(" ").startswith(_LIST_ITEM_MARK) or _TABLE_RESIDUE.match(line):

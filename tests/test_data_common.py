@@ -19,14 +19,21 @@ WIKITEXT_DIR = Path("pretraining") / "wikitext-2"
 ENWIKI_DUMP = Path("pretraining") / "enwiki" / "enwiki-sample-pages-articles.xml.bz2"
 
 _prepared: dict[str, Path] = {}
-_documents: dict[str, list[Document]] = {}
+_documents: dict[str, tuple[list[Document], InputCounts]] = {}
+
+
+def read_documents_and_counts(path: Path) -> tuple[list[Document], InputCounts]:
+    """The documents the pipeline reads from one input and its counts, read once per session."""
+    if str(path) not in _documents:
+        counts = InputCounts()
+        documents = list(iter_documents(resolve_inputs([path]), counts=counts, workers=2))
+        _documents[str(path)] = (documents, counts)
+    return _documents[str(path)]
 
 
 def read_documents(path: Path) -> list[Document]:
     """The documents the pipeline reads from one input, read once per session."""
-    if str(path) not in _documents:
-        _documents[str(path)] = list(iter_documents(resolve_inputs([path]), counts=InputCounts(), workers=2))
-    return _documents[str(path)]
+    return read_documents_and_counts(path)[0]
 
 
 def prepare_once(tmp_path_factory: pytest.TempPathFactory, inputs: list[Path], **settings) -> Path:
