@@ -13,10 +13,9 @@ per row, P sequences per row: 1 unpacked, ``max_sequences_per_pack`` packed):
 Order and randomness. The rows of an epoch (sequences, or packs of sequences) come
 from a permutation drawn from (seed, epoch) in the main process, so the batches do not
 depend on the number of workers. Packing plans once with the histogram packer and
-refills the plan from the shuffled order every epoch. Rows are dealt to data-parallel
-ranks in turn (row i goes to rank i mod world_size) after dropping the last
-``rows mod world_size`` rows of the epoch, so every rank gets the same number of rows
-and no row is seen by two ranks. Masking of a sequence is drawn from
+refills the plan from the shuffled order every epoch. Row i of an epoch goes to rank
+i mod world_size. The last ``rows mod world_size`` rows of the epoch are left out, so
+every rank gets the same number of rows and no row is seen by two ranks. Masking of a sequence is drawn from
 (seed, epoch, sequence index), so it changes every epoch and is reproducible.
 
 The loader's position (epoch, batches consumed) is a small JSON-serialisable state:
@@ -463,10 +462,10 @@ def create_pretraining_dataloader(
 
     source = ShardedSequences(path, split)
     if len(source) == 0:
-        raise ValueError(f"the {split} split of {path} holds no sequences; prepare it with more documents")
+        raise ValueError(f"the {split} split of {path} contains no sequences; prepare it with more documents")
     vocab = read_vocab_file(info.vocab_file)
     if len(vocab) != info.vocab_size:
-        raise ValueError(f"{info.vocab_file} has {len(vocab)} entries, but metadata.json says {info.vocab_size}")
+        raise ValueError(f"{info.vocab_file} has {len(vocab)} entries, but metadata.json records {info.vocab_size}; prepare the data again")
     ids = info.special_token_ids
     masking = MaskingSettings.from_vocab(
         vocab,

@@ -22,7 +22,7 @@ import numpy as np
 from pipelines.dataloader import BatchAssembler, EpochPlanner, PretrainingDataLoader, _check_loader_arguments, _mask_slots
 from pipelines.masking import MaskingSettings
 
-# Fewest tokens of a generated sequence: [CLS] a [SEP] b [SEP].
+# Minimum tokens of a generated sequence: [CLS] a [SEP] b [SEP], or [CLS] a [SEP] without pairs.
 _MIN_PAIR_LENGTH = 5
 _MIN_SINGLE_LENGTH = 3
 

@@ -5,7 +5,7 @@ the way the original BERT data preparation builds them:
 
 - Each sequence aims at a target length: the maximum (``sequence_length`` minus the
   special tokens) or, with probability ``short_seq_prob``, a length drawn uniformly
-  from 2 to the maximum, so the model also sees short inputs. The target is drawn
+  from 2 to the maximum, so the model also trains on short inputs. The target is drawn
   afresh for every sequence (BERT draws it once per document).
 - Whole segments are gathered until the target is reached or the document ends.
 - With next-sentence prediction, the gathered segments are split at a random segment
@@ -59,9 +59,9 @@ class PairStatistics:
 class SequenceArrays:
     """Sequences in flat arrays, the layout of one shard.
 
-    ``input_ids[offsets[i]:offsets[i + 1]]`` is sequence i with its special tokens;
-    token type 1 starts at ``segment_b_starts[i]`` (equal to the length when there is no
-    segment B); ``next_document_ids[i]`` is the document segment B came from.
+    ``input_ids[offsets[i]:offsets[i + 1]]`` is sequence i with its special tokens.
+    Token type 1 starts at ``segment_b_starts[i]``, which equals the length when there is
+    no segment B. ``next_document_ids[i]`` is the document that segment B came from.
     """
 
     input_ids: np.ndarray

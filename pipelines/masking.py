@@ -41,9 +41,9 @@ def packed_mask_slots(
 ) -> int:
     """Mask slots per packed row that no row can overflow.
 
-    A row holds at most P sequences with n_1 + ... + n_k <= S tokens. Each sequence's
-    count is at most mask_tokens and at most p x n_i + 1 (the rounding adds at most a
-    half, the minimum of one at most one), so the row total is at most
+    A row contains at most P sequences with n_1 + ... + n_k <= S tokens. Each sequence's
+    count is at most mask_tokens, and at most p x n_i + 1 because the rounding adds at
+    most a half and the minimum of one at most one. So the row total is at most
     min(P x mask_tokens, ceil(p x S) + P).
     """
     return min(

@@ -11,7 +11,7 @@ sequence length and not on the dataset size:
    (its list of lengths) times a repeat count, so a group of identical packs is filled
    or split in one step.
 3. Sequences that fit no open pack start new packs.
-4. A pack closes when it is full or holds ``max_sequences_per_pack`` sequences.
+4. A pack closes when it is full or contains ``max_sequences_per_pack`` sequences.
 
 ``plan_packing`` also plans with best fit in step 2 (the pack with the least free space
 that still fits) and keeps whichever plan has the higher efficiency, so the result is
@@ -83,7 +83,7 @@ def plan_packing(lengths: np.ndarray, sequence_length: int, max_sequences_per_pa
 def _plan_from_histogram(
     histogram: np.ndarray, sequence_length: int, max_sequences_per_pack: int, *, best_fit: bool
 ) -> PackingPlan:
-    # open_packs[free] holds [strategy, repeat] groups with that much free space.
+    # open_packs[free] contains the [strategy, repeat] groups with that much free space.
     open_packs: list[list[list]] = [[] for _ in range(sequence_length + 1)]
     closed: dict[tuple[int, ...], int] = {}
 
@@ -104,13 +104,13 @@ def _plan_from_histogram(
                 break
             groups = open_packs[free]
             strategy, repeat = groups[-1]
-            taken = min(repeat, remaining)
-            if taken == repeat:
+            filled = min(repeat, remaining)
+            if filled == repeat:
                 groups.pop()
             else:
-                groups[-1][1] = repeat - taken
-            add(strategy + (length,), taken)
-            remaining -= taken
+                groups[-1][1] = repeat - filled
+            add(strategy + (length,), filled)
+            remaining -= filled
 
     for groups in open_packs:
         for strategy, repeat in groups:
@@ -135,16 +135,16 @@ def assign_rows(plan: PackingPlan, lengths: np.ndarray, order: np.ndarray) -> np
         raise ValueError(f"order has {len(order)} entries for {len(lengths)} sequences")
     by_length = order[np.argsort(lengths[order], kind="stable")]
     starts = np.concatenate([[0], np.cumsum(np.bincount(lengths, minlength=plan.sequence_length + 1))])
-    taken = starts[:-1].copy()
+    next_unused = starts[:-1].copy()
     rows = np.full((plan.rows, plan.max_sequences_per_pack), -1, dtype=np.int64)
     row = 0
     for strategy, repeat in zip(plan.strategies, plan.repeats):
         for slot, length in enumerate(strategy):
-            first = taken[length]
+            first = next_unused[length]
             if first + repeat > starts[length + 1]:
-                raise ValueError(f"the packing plan needs more sequences of length {length} than the data holds")
+                raise ValueError(f"the packing plan needs more sequences of length {length} than the data contains")
             rows[row:row + repeat, slot] = by_length[first:first + repeat]
-            taken[length] = first + repeat
+            next_unused[length] = first + repeat
         row += repeat
     return rows
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if len(lengths) == 0:
-        print(f"error: the {args.split} split holds no sequences", file=sys.stderr)
+        print(f"error: the {args.split} split contains no sequences", file=sys.stderr)
         return 2
     quantiles = np.percentile(lengths, [10, 50, 90])
     print(f"{info.path} [{args.split}]: {len(lengths)} sequences, {int(lengths.sum())} real tokens")

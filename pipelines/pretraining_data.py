@@ -98,9 +98,9 @@ def prepare_pretraining_data(
     ``input_files`` lists dumps, text files or folders and Hugging Face dataset names; an
     empty list means the built-in Wikipedia sample. A single prepared data folder is
     returned as it is, after checking its sequence length and next-sentence setting.
-    ``vocab_file`` is a vocabulary file or a Hugging Face tokenizer folder; ``None``
-    trains a WordPiece vocabulary of at most ``vocab_size`` entries on the training
-    documents and saves it in ``output_dir``. ``validation_fraction`` of the documents
+    ``vocab_file`` is a vocabulary file or a Hugging Face tokenizer folder. With ``None``,
+    a WordPiece vocabulary of at most ``vocab_size`` entries is trained on the training
+    documents and saved in ``output_dir`` (``vocab_size`` is unused otherwise). ``validation_fraction`` of the documents
     (at least one, or two with next-sentence prediction) are held out whole.
     ``lowercase`` and ``strip_accents`` override the vocabulary's convention.
     """
@@ -144,7 +144,7 @@ def prepare_pretraining_data(
             return output_dir
         if not overwrite:
             raise ValueError(
-                f"{output_dir} holds data prepared with different inputs or settings ({_describe_differences(stored, settings)}). "
+                f"{output_dir} contains data prepared with different inputs or settings ({_describe_differences(stored, settings)}). "
                 "Choose another output folder, remove this one, or pass overwrite=True (--overwrite)"
             )
         logger.info("rebuilding %s because its settings differ (%s)", output_dir, _describe_differences(stored, settings))
@@ -153,7 +153,7 @@ def prepare_pretraining_data(
             raise FileExistsError(f"output path {output_dir} is a file; choose a folder for the prepared data")
         if any(output_dir.iterdir()):
             raise FileExistsError(
-                f"output folder {output_dir} is not empty and holds no prepared data; choose another folder, "
+                f"output folder {output_dir} is not empty and contains no prepared data; choose another folder, "
                 "empty it, or pass overwrite=True (--overwrite)"
             )
 

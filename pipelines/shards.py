@@ -7,7 +7,7 @@ Layout of a prepared data folder::
     train/shard_00000/     one folder per shard, each a set of .npy arrays
     validation/shard_00000/
 
-A shard holds the arrays of ``pipelines.instances.SequenceArrays`` as ``.npy`` files,
+A shard stores the arrays of ``pipelines.instances.SequenceArrays`` as ``.npy`` files,
 read with ``np.load(mmap_mode="r")``, so opening a split costs milliseconds whatever its
 size and data-loader workers share the page cache.
 """
@@ -31,7 +31,7 @@ _ARRAYS = ("input_ids", "offsets", "segment_b_starts", "next_sentence_labels", "
 
 
 def token_dtype_for(vocab_size: int) -> np.dtype:
-    """The smallest unsigned type that holds every token id."""
+    """Return the smallest unsigned type that can store every token id."""
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
@@ -48,7 +48,7 @@ def write_shard(directory: Path, sequences: SequenceArrays, token_dtype: np.dtyp
 
 @dataclass(frozen=True)
 class PreparedDataInfo:
-    """What the trainer needs to know about a prepared data folder."""
+    """Facts about a prepared data folder that the trainer needs."""
 
     path: Path
     vocab_file: Path
@@ -153,7 +153,7 @@ class ShardedSequences:
         return self._arrays
 
     def array(self, name: str) -> np.ndarray:
-        """One per-sequence array (``segment_b_starts``, ``document_ids``, ...) over all shards."""
+        """Concatenate one per-sequence array (``segment_b_starts``, ``document_ids``, ...) over all shards."""
         if name in ("input_ids", "offsets"):
             raise ValueError(f"{name} is not a per-sequence array")
         parts = [np.asarray(shard[name]) for shard in self._open()]
@@ -168,14 +168,14 @@ class ShardedSequences:
         return self._lengths
 
     def locate(self, index: int) -> tuple[int, int]:
-        """(shard number, index within the shard) of a sequence."""
+        """Return (shard number, index within the shard) of a sequence."""
         if not 0 <= index < len(self):
             raise IndexError(f"sequence {index} is out of range for {len(self)} sequences")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         return shard, index - int(self._starts[shard])
 
     def get(self, index: int) -> tuple[np.ndarray, int, int]:
-        """(token ids, start of segment B, stored next-sentence label) of one sequence."""
+        """Return (token ids, start of segment B, stored next-sentence label) of one sequence."""
         shard, local = self.locate(index)
         arrays = self._open()[shard]
         start, end = arrays["offsets"][local], arrays["offsets"][local + 1]

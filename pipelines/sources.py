@@ -62,8 +62,9 @@ class InputSource:
     def fingerprint(self) -> dict:
         """Identity of the input for deciding whether prepared data is current.
 
-        Files are identified by path, size and modification time (hashing a full dump on
-        every start would be slow). Hub datasets by name, config and split.
+        Files are identified by path, size and modification time, because hashing a full
+        dump on every start would be slow. Hub datasets are identified by name and config
+        (the split and text column are build settings of their own).
         """
         if self.kind in ("wikipedia", "text"):
             stat = os.stat(self.location)
@@ -258,7 +259,9 @@ def _load_hf_dataset(source: InputSource, split: str):
         return dataset
     name, _, config = source.location.partition(":")
     try:
-        return datasets.load_dataset(name, config or None, split=split, streaming=True)
+        # Not streamed: a prepared dataset is memory-mapped Arrow, so memory stays bounded,
+        # and unlike streaming it can load from the local cache when offline.
+        return datasets.load_dataset(name, config or None, split=split)
     except Exception as error:  # the library raises many types for "not found" and "offline"
         raise ValueError(
             f"could not load the Hugging Face dataset {source.location!r} (split {split!r}): {error}. "

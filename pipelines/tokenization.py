@@ -66,6 +66,7 @@ class WordPieceTokenizer:
         self.lowercase = lowercase
         self.strip_accents = strip_accents
         self.source = source
+
         token_to_id = {}
         for index, token in enumerate(self.vocab):
             if token in token_to_id:
@@ -81,6 +82,7 @@ class WordPieceTokenizer:
                 f"a BERT WordPiece vocabulary needs all of {', '.join(SPECIAL_TOKENS)}"
             )
         self.special_ids = SpecialTokenIds(*(token_to_id[token] for token in SPECIAL_TOKENS))
+
         self._tokenizer = Tokenizer(
             models.WordPiece(
                 token_to_id, unk_token=UNK_TOKEN, continuing_subword_prefix=SUBWORD_PREFIX,
@@ -200,7 +202,7 @@ def load_tokenizer_dir(
         model = spec.get("model") or {}
         if model.get("type") != "WordPiece":
             raise ValueError(
-                f"{tokenizer_json} holds a {model.get('type')} model; the pre-training pipeline needs a "
+                f"{tokenizer_json} contains a {model.get('type')} model; the pre-training pipeline needs a "
                 "WordPiece (BERT) tokenizer"
             )
         token_to_id: dict[str, int] = dict(model["vocab"])
@@ -284,5 +286,5 @@ def train_wordpiece(
     for token, index in token_to_id.items():
         vocab[index] = token
     if len(vocab) <= len(SPECIAL_TOKENS):
-        raise ValueError("the corpus gave an empty vocabulary: it holds no text to train on")
+        raise ValueError("the corpus gave an empty vocabulary: it contains no text to train on")
     return WordPieceTokenizer(vocab, lowercase=lowercase, strip_accents=strip_accents, source="a vocabulary trained on the corpus")

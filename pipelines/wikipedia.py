@@ -1,8 +1,8 @@
 """Wikipedia ``pages-articles`` XML dumps to clean plain-text documents.
 
-The dump is streamed: pages are parsed one at a time with ``xml.etree.ElementTree.iterparse``
-and dropped from the tree once read, and at most a fixed number of pages wait for the
-markup workers, so memory stays bounded for a full dump. ``.bz2`` (including the
+The dump is streamed, so memory stays bounded for a full dump. Pages are parsed one at a
+time with ``xml.etree.ElementTree.iterparse`` and dropped from the tree once read, and at
+most a fixed number of pages wait for the markup workers. ``.bz2`` (including the
 multistream dumps), ``.gz``, ``.xz`` and plain ``.xml`` files are read.
 
 Which pages count as articles: the main namespace (0) only, without redirects, list
@@ -119,7 +119,7 @@ class WikiPage:
 
 @dataclass
 class ExtractionCounts:
-    """What happened to each page of a dump (every page lands in exactly one count)."""
+    """Outcome counts over the pages of a dump; every page lands in exactly one count."""
 
     articles: int = 0
     redirects: int = 0

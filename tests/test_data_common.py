@@ -1,7 +1,7 @@
 """Helpers shared by the data pipeline tests: prepared data built once per test session.
 
 Preparing real data takes seconds, so each prepared folder is built on first use and
-reused by every test module that asks for the same inputs and settings.
+reused by every test module that requests the same inputs and settings.
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_non_empty_unprepared_folder_rejected(tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     (output / "notes.txt").write_text("keep me", encoding="utf-8")
-    with pytest.raises(FileExistsError, match="not empty and holds no prepared data"):
+    with pytest.raises(FileExistsError, match="not empty and contains no prepared data"):
         prepare([corpus], output)
     assert (output / "notes.txt").read_text(encoding="utf-8") == "keep me"
 

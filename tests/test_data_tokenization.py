@@ -34,11 +34,17 @@ def test_bert_vocabulary_is_uncased(bert_vocab_file):
     assert [tokenizer.vocab[i] for i in ids] == ["hello", "world", ",", "playing"]
 
 
-def test_unknown_marker_becomes_unk_but_mask_text_does_not(bert_vocab_file):
+def test_unk_text_becomes_unk_id(bert_vocab_file):
     tokenizer = load_vocab_file(bert_vocab_file)
-    (ids,) = tokenizer.encode_batch(["a [UNK] word [MASK]"])
-    assert 100 in ids.tolist()
+    (ids,) = tokenizer.encode_batch(["a [UNK] word"])
+    assert ids.tolist() == [1037, 100, 2773]
+
+
+def test_mask_text_stays_plain_text(bert_vocab_file):
+    tokenizer = load_vocab_file(bert_vocab_file)
+    (ids,) = tokenizer.encode_batch(["a [MASK] word"])
     assert 103 not in ids.tolist()
+    assert [tokenizer.vocab[i] for i in ids] == ["a", "[", "mask", "]", "word"]
 
 
 def test_cased_vocabulary_keeps_case(tmp_path):
@@ -87,7 +93,7 @@ def test_non_wordpiece_tokenizer_rejected(tmp_path):
     folder = tmp_path / "bpe"
     folder.mkdir()
     Tokenizer(models.BPE()).save(str(folder / "tokenizer.json"))
-    with pytest.raises(ValueError, match="holds a BPE model"):
+    with pytest.raises(ValueError, match="contains a BPE model"):
         load_tokenizer(folder)
 
 

@@ -35,10 +35,10 @@ def small_dump(dump, tmp_path_factory):
     text = bz2.open(dump, "rt", encoding="utf-8").read()
     header_end = text.index("<page>")
     pages = re.findall(r"<page>.*?</page>", text, flags=re.S)
-    kept = [page for page in pages if len(page) < 16_000]
+    short_pages = [page for page in pages if len(page) < 16_000]
     path = tmp_path_factory.mktemp("dump") / "small-pages-articles.xml.bz2"
     with bz2.open(path, "wt", encoding="utf-8") as handle:
-        handle.write(text[:header_end] + "\n".join(kept) + "\n</mediawiki>\n")
+        handle.write(text[:header_end] + "\n".join(short_pages) + "\n</mediawiki>\n")
     return path
 
 
