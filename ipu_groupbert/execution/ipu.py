@@ -30,12 +30,12 @@ from ..config import ConfigError, RunConfig
 from ..metrics import MetricsLogger, start_wandb
 from ..models import build_model, model_config_from_dict, pretraining_flops
 from ..optim import build_lr_scheduler
+from ..pretraining import _validate as _host_validate
 from ..pretraining import (
     MicroBatchStream,
     PretrainingResult,
     _build_or_load_model,
     _find_resume_checkpoint,
-    _loader_arguments,
     _prepare_data,
     _training_loader,
     model_inputs,
@@ -312,61 +312,61 @@ def _validate(
     config: RunConfig, context: PopRunContext, communicator: InstanceCommunicator, poptorch: ModuleType,
     popdist: ModuleType | None, step_module: PretrainingStep, plan, data_dir: Path | None,
 ) -> dict:
-    """Evaluate MLM and NSP loss and accuracy on `training.validation_batches` micro-batches per instance.
+    """Evaluate on held-out text with an inference model, through the host backend's `_validate`.
 
-    The last call is filled to whole device iterations with copies whose labels are all ignored,
-    and a short last micro-batch with such rows, so every requested batch counts and no padding does.
+    The host function builds this instance's loader and summarises the sums; `IpuEvaluator` stands
+    in for its trainer and runs the batches on the IPUs.
     """
     stages = pipeline_stages(plan)
     options = build_inference_options(config, context, poptorch, stages, popdist)
-    loader = _validation_loader(config, data_dir, context)
-    batches = min(config.training.validation_batches, len(loader))
-    if batches == 0:
-        logger.warning("The validation split is empty, so no evaluation ran; raise data.validation_fraction")
-        return {}
-
-    micro_batch_size = config.training.micro_batch_size
-    iterator = iter(loader)
-    micro_batches = [_pad_rows(model_inputs(next(iterator)), micro_batch_size) for _ in range(batches)]
-    per_call = inference_device_iterations(config, stages) * context.local_replicas
-    fill = -len(micro_batches) % per_call
-    micro_batches += [batching.neutral_micro_batch(micro_batches[0]) for _ in range(fill)]
-
-    step_module.eval()
-    inference_model = poptorch.inferenceModel(step_module, options)
-    sums: dict[str, float] = {}
-    zero_weights = np.zeros((1, 2))
-    for start in range(0, len(micro_batches), per_call):
-        # One "step" of per_call micro-batches: their order within the call does not change the sums.
-        call_batch = batching.combined_training_batch([micro_batches[start:start + per_call]], zero_weights, 1, per_call)
-        for key, value in PretrainingStep.name_outputs(inference_model(**call_batch)).items():
-            sums[key] = sums.get(key, 0.0) + value
-    inference_model.detachFromDevice()
-    step_module.train()
-
-    sums = dict(zip(sums, communicator.sum(np.array(list(sums.values())))))
-    result = summarise(sums)
-    result["validation_batches"] = batches * context.instances
-    result["perplexity"] = math.exp(min(result["mlm_loss"], 50.0))
-    return result
-
-
-def _validation_loader(config: RunConfig, data_dir: Path | None, context: PopRunContext):
-    """Return this instance's held-out loader, built as the host backend builds it."""
-    from pipelines import pretraining_data
-
-    data = config.data
-    if data_dir is None:
-        return pretraining_data.create_generated_dataloader(
-            vocab_size=config.model.vocab_size, rank=context.instance, world_size=context.instances,
-            **{**_loader_arguments(config), "seed": config.training.random_seed + 1},
-        )
-    return pretraining_data.create_pretraining_dataloader(
-        data_dir, split="validation", mlm_probability=data.mlm_probability,
-        next_sentence_prediction=data.next_sentence_prediction, whole_word_masking=data.whole_word_masking,
-        num_workers=0, rank=context.instance, world_size=context.instances, drop_last=False,
-        **_loader_arguments(config),
+    evaluator = IpuEvaluator(
+        poptorch.inferenceModel(step_module, options), step_module, communicator,
+        calls_of=inference_device_iterations(config, stages) * context.local_replicas,
+        micro_batch_size=config.training.micro_batch_size,
     )
+    host_context = DistributedContext(rank=context.instance, world_size=context.instances)
+    try:
+        return _host_validate(config, evaluator, data_dir, host_context)
+    finally:
+        evaluator.inference_model.detachFromDevice()
+
+
+class IpuEvaluator:
+    """The `evaluate` of the host trainer, run by a PopTorch inference model.
+
+    Each call takes `calls_of` micro-batches. The last call is filled with copies whose labels are
+    all ignored, and a short last micro-batch with such rows, so every batch counts and no filler does.
+    """
+
+    def __init__(self, inference_model, step_module: PretrainingStep, communicator: InstanceCommunicator,
+                 *, calls_of: int, micro_batch_size: int):
+        self.inference_model = inference_model
+        self.step_module = step_module
+        self.communicator = communicator
+        self.calls_of = calls_of
+        self.micro_batch_size = micro_batch_size
+
+    def evaluate(self, batches, statistics=None) -> dict[str, float]:
+        """Return the statistics of `PretrainingStep.OUTPUTS` summed over `batches` and all instances.
+
+        `statistics` (the host's per-batch function) is not needed: the inference model returns
+        the same sums and counts.
+        """
+        micro_batches = [_pad_rows(model_inputs(batch), self.micro_batch_size) for batch in batches]
+        if not micro_batches:
+            return {}
+        micro_batches += [batching.neutral_micro_batch(micro_batches[0])] * (-len(micro_batches) % self.calls_of)
+        self.step_module.eval()
+        sums: dict[str, float] = {}
+        no_weights = np.zeros((1, 2))  # the loss output is not used here
+        for start in range(0, len(micro_batches), self.calls_of):
+            # One "step" of calls_of micro-batches: their order within the call does not change the sums.
+            call = micro_batches[start:start + self.calls_of]
+            call_batch = batching.combined_training_batch([call], no_weights, 1, self.calls_of)
+            for key, value in PretrainingStep.name_outputs(self.inference_model(**call_batch)).items():
+                sums[key] = sums.get(key, 0.0) + value
+        self.step_module.train()
+        return dict(zip(sums, self.communicator.sum(np.array(list(sums.values())))))
 
 
 def _pad_rows(batch: Batch, rows: int) -> Batch:

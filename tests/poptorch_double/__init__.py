@@ -16,6 +16,7 @@ fixture, never on the product's default import path.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -31,13 +32,23 @@ def _drop_cached_modules() -> None:
             del sys.modules[name]
 
 
-@pytest.fixture
-def poptorch_double(monkeypatch):
-    """Install the double as `poptorch`/`popdist` for one test; yield its call recorder."""
+@contextlib.contextmanager
+def installed():
+    """Install the double as `poptorch`/`popdist` inside the block; yield its call recorder."""
     _drop_cached_modules()
-    monkeypatch.syspath_prepend(str(SDK_DIR))
-    import poptorch
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.syspath_prepend(str(SDK_DIR))
+        import poptorch
 
-    poptorch.RECORD.reset()
-    yield poptorch.RECORD
-    _drop_cached_modules()
+        poptorch.RECORD.reset()
+        try:
+            yield poptorch.RECORD
+        finally:
+            _drop_cached_modules()
+
+
+@pytest.fixture
+def poptorch_double():
+    """Install the double for one test; yield its call recorder."""
+    with installed() as record:
+        yield record

@@ -355,7 +355,8 @@ class PoplarExecutor:
         self.options = options or Options()
         self.training = training
         self.optimizer = optimizer
-        self.compile_inputs = None
+        self.compile_inputs = None  # {name: (shape, dtype)} of the inputs compiled for
+        self.compiled_with = None  # the input tensors themselves
         self.calls = 0
         self.set_optimizer_calls = []  # learning rate of each parameter group per setOptimizer call
         self.weight_copies = 0
@@ -370,6 +371,7 @@ class PoplarExecutor:
         if args:
             raise TypeError("the product passes inputs by keyword")
         self.compile_inputs = {key: (tuple(value.shape), value.dtype) for key, value in kwargs.items()}
+        self.compiled_with = dict(kwargs)
         self._check_combined_batch(kwargs)
 
     def isCompiled(self):
