@@ -60,8 +60,8 @@ def test_cpu_and_ipu_losses_agree_over_ten_steps(tmp_path):
     cpu, ipu = _losses(tmp_path / "cpu"), _losses(tmp_path / "ipu")
 
     assert len(cpu) == len(ipu) == 10
-    # fp32 on both sides, same data, weights and optimizer; matmul order and attention form differ,
-    # so the curves agree to rounding that grows slowly over the steps.
+    # Both sides run fp32 with the same data, weights and optimizer. Matmul order and the attention
+    # form differ, so the curves agree up to rounding that grows slowly over the steps.
     assert ipu == pytest.approx(cpu, rel=1e-3)
     assert ipu[-1] < ipu[0]
 

@@ -2,7 +2,7 @@
 
 These tests verify the mapping onto PopTorch (which module gets which BeginBlock, checkpoints,
 serialized matmuls) and that an annotated model still computes the plain model's outputs. They
-say nothing about execution on IPUs.
+do not test execution on IPUs.
 """
 
 import pytest

@@ -25,7 +25,7 @@ def test_groupbert_base_four_ipus():
     ipu_of = _ipu_of(plan)
 
     assert ipu_of["bert.embeddings"] == 0
-    assert ipu_of["cls.predictions"] == 0  # the MLM head holds the decoder tied to the word embeddings
+    assert ipu_of["cls.predictions"] == 0  # the MLM head contains the decoder tied to the word embeddings
     assert [ipu_of[f"bert.encoder.layer.{i}"] for i in range(0, 4)] == [1, 1, 1, 1]
     assert [ipu_of[f"bert.encoder.layer.{i}"] for i in range(4, 8)] == [2, 2, 2, 2]
     assert [ipu_of[f"bert.encoder.layer.{i}"] for i in range(8, 12)] == [3, 3, 3, 3]

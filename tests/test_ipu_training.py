@@ -1,10 +1,10 @@
 """The IPU pre-training loop on CPU, against the PopTorch test double.
 
-The double runs the plain model per micro-batch and never updates weights, so these tests check
-the mapping and the bookkeeping: combined batches and loss weights, compile before the steps,
-one setOptimizer per host call with the scheduled learning rate, statistics equal to the host's
-on the same data, checkpoints, resume, validation and PopRun instances. They verify nothing
-about execution or training on IPUs.
+The double runs the plain model per micro-batch and never updates weights. So these tests check
+the mapping and the bookkeeping: combined batches and loss weights, compilation before the steps,
+one setOptimizer per host call with the scheduled learning rate, and statistics equal to the
+host's on the same data. They also cover checkpoints, resume, validation and PopRun instances.
+They verify nothing about execution or training on IPUs.
 """
 
 import json
@@ -145,7 +145,8 @@ def test_compiles_once_before_steps(finished_run):
     rows = 4 * ACCUMULATION * REPLICAS * DEVICE_ITERATIONS
     assert training.compile_inputs["input_ids"][0] == (rows, 32)
     assert training.calls == STEPS // DEVICE_ITERATIONS
-    assert not training.attached and not inference.attached
+    assert not training.attached
+    assert not inference.attached
     assert result.final_step == STEPS
 
 
@@ -167,7 +168,7 @@ def test_metrics_match_host_on_same_data(finished_run):
     assert [r["step"] for r in records] == [2, 4]
     assert [r["learning_rate"] for r in records] == pytest.approx(learning_rates(config.training, STEPS)[0::2])
 
-    # The double never updates weights, so every checkpoint holds the initial weights.
+    # The double never updates weights, so every checkpoint contains the initial weights.
     model = load_pretrained(run_dir / "step_2", "pretraining").eval()
     stream = _windows(config)
     for record in records:
@@ -264,7 +265,7 @@ def test_compile_only_stops_after_compiling(tmp_path, poptorch_double):
 
 
 class _OtherInstanceCommunicator:
-    """Instance 1 of 2, whose peer (instance 0) holds identical counts and statistics."""
+    """Instance 1 of 2, whose peer (instance 0) has identical counts and statistics."""
 
     def __init__(self):
         self.gathers = 0

@@ -3,14 +3,14 @@
 One call of a training model consumes device_iterations x gradient_accumulation x replicas
 micro-batches, concatenated along the first dimension. PopART reads that combined batch as
 [device_iterations, gradient_accumulation, replicas, micro_batch, ...] (PopART user guide,
-glossary "Input data shape"), so the micro-batches of one optimizer step (one device iteration)
-are contiguous rows, and within a step the order of micro-batches does not change the gradient.
+glossary "Input data shape"). So the micro-batches of one optimizer step (one device iteration)
+are contiguous rows. Within a step, the order of micro-batches does not change the gradient.
 
-The loss weights make an IPU step compute the loss the host computes: MLM loss summed over the
-step's masked tokens divided by their number, plus NSP loss summed over its labelled sequences
-divided by theirs, counting every micro-batch of every replica of every instance. PopTorch
-averages gradients over micro-batches and replicas, so each micro-batch's summed loss is
-multiplied by accumulation x replicas / count.
+The loss weights make an IPU step compute the loss the host computes. That loss is the MLM loss
+summed over the step's masked tokens divided by their number, plus the NSP loss summed over its
+labelled sequences divided by theirs. The counts include every micro-batch of every replica of
+every instance. PopTorch averages gradients over micro-batches and replicas, so each
+micro-batch's summed loss is multiplied by accumulation x replicas / count.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Multi-host IPU runs under PopRun: the instance's place in the job and host-side collectives.
 
-PopRun starts one process (instance) per host group and tells each, through PopDist, how many
-replicas it drives. The IPUs reduce gradients across all replicas themselves; the host needs
-collectives only for small things: summing the per-step token counts that normalise the loss,
-summing logged statistics, waiting for instance 0 to prepare data, and gathering the data-loader
-positions that instance 0 writes into checkpoints. Those go through MPI (PopRun launches the
+PopRun starts one process (instance) per host group and passes each, through PopDist, the number
+of replicas it drives. The IPUs reduce gradients across all replicas themselves. The host needs
+collectives only for small things:
+- summing the per-step token counts that normalise the loss, and the logged statistics;
+- waiting for instance 0 to prepare the data;
+- gathering the data-loader positions that instance 0 writes into checkpoints. Those go through MPI (PopRun launches the
 instances with mpirun), using mpi4py or, where the SDK's Horovod is installed, Horovod.
 """
 
@@ -49,9 +50,9 @@ def init_poprun(config: RunConfig, popdist: ModuleType | None) -> tuple[RunConfi
     """Initialise PopDist when PopRun started this process; return the config with the local replica count.
 
     `popdist` is the imported package, or None when it is not installed (then the run must not be
-    under PopRun). `execution.replication_factor` may give the replicas of this instance or of the
-    whole job (Graphcore's applications use the latter); any other value is a ConfigError, because
-    the global batch would silently differ from the one configured.
+    under PopRun). `execution.replication_factor` may count the replicas of this instance or of
+    the whole job, as Graphcore's applications do. Any other value raises ConfigError, because the
+    global batch would silently differ from the one configured.
     """
     replication = config.execution.replication_factor
     if popdist is None or not popdist.isPopdistEnvSet():

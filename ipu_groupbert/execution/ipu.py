@@ -1,11 +1,13 @@
 """Pre-training on IPUs through PopTorch: `run_pretraining_on_ipu(config)`.
 
-The loop, top to bottom: join PopRun when it started this process; set up the run folder (on
-instance 0 only); build the PopTorch options; prepare the data and one loader per local replica;
-build or load the model, place it on the IPUs and build PopTorch's optimizer; compile (timed
-apart from the steps, and the end of a `compile_only` run); then per host call run
-`device_iterations` optimizer steps on a combined batch, push the new learning rate with
-`setOptimizer`, log and checkpoint; finally save and evaluate with an inference model.
+The loop, top to bottom:
+1. join PopRun when it started this process, and set up the run folder (on instance 0 only);
+2. build the PopTorch options, then prepare the data and one loader per local replica;
+3. build or load the model, place it on the IPUs and build PopTorch's optimizer;
+4. compile, timed apart from the steps (a `compile_only` run stops here);
+5. per host call, run `device_iterations` optimizer steps on one combined batch, push the new
+   learning rate with `setOptimizer`, log and checkpoint;
+6. save, and evaluate with an inference model.
 
 It reuses the host loop's pieces (data preparation, loaders, model loading, summaries,
 checkpoints, metrics), so an IPU run reads the same samples and writes the same files as a host
@@ -61,8 +63,8 @@ BACKEND = "ipu"
 class PretrainingStep(nn.Module):
     """A pre-training model as PopTorch needs it: tensor inputs by keyword, the loss first among tensor outputs.
 
-    `poptorch.trainingModel` finds the loss among the model's outputs and returns only tensors, so
-    the `PreTrainingOutput` dataclass becomes a tuple in the order of `OUTPUTS`; `name_outputs`
+    `poptorch.trainingModel` finds the loss among the model's outputs and returns only tensors. So
+    the `PreTrainingOutput` dataclass becomes a tuple in the order of `OUTPUTS`, and `name_outputs`
     turns it back into named values on the host. The loss is each micro-batch's summed MLM and NSP
     losses times the loss weights of its step (see `batching`), so the gradient PopTorch averages
     over micro-batches and replicas is the gradient of the step's loss.
@@ -314,8 +316,8 @@ def _validate(
 ) -> dict:
     """Evaluate on held-out text with an inference model, through the host backend's `_validate`.
 
-    The host function builds this instance's loader and summarises the sums; `IpuEvaluator` stands
-    in for its trainer and runs the batches on the IPUs.
+    The host function builds this instance's loader and summarises the sums. `IpuEvaluator`
+    replaces its trainer and runs the batches on the IPUs.
     """
     stages = pipeline_stages(plan)
     options = build_inference_options(config, context, poptorch, stages, popdist)

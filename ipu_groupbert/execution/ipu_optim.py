@@ -28,8 +28,8 @@ def build_ipu_optimizer(model: nn.Module, training: TrainingConfig, poptorch: Mo
         betas=(training.adam_beta1, training.adam_beta2),
         eps=training.adam_epsilon,
         weight_decay=0.0,  # each group sets its own
-        # The loss is multiplied by this before the backward pass and gradients divided by it in the
-        # optimizer, so small fp16 gradients do not underflow; with automatic loss scaling it is the start.
+        # The loss is multiplied by this before the backward pass and the gradients divided by it in
+        # the optimizer, so small fp16 gradients do not underflow. Automatic loss scaling starts here.
         loss_scaling=training.loss_scaling if half else 1.0,
         # fp16 gradient accumulators halve their memory; the moments stay fp32 for precision.
         accum_type=torch.float16 if half else torch.float32,

@@ -1,8 +1,8 @@
 """`poptorch.Options` built from the run configuration, for training and for inference.
 
-Each option is set with the reason it is needed. The option names are PopTorch 3.x's; a run under
-PopRun starts from `popdist.poptorch.Options`, which already holds the instance's replica count
-and process id.
+Each option is set with the reason it is needed. The option names are PopTorch 3.x's. A run under
+PopRun starts from `popdist.poptorch.Options`, which already contains the instance's replica
+count and process id.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def build_training_options(
     execution, training = config.execution, config.training
     options = _common_options(config, context, poptorch, popdist)
 
-    # Each host call runs `device_iterations` optimizer steps; the loop on the IPU avoids a host
-    # round trip per step, at the price of one learning rate per call (setOptimizer runs on the host).
+    # Each host call runs `device_iterations` optimizer steps. The loop on the IPU avoids a host
+    # round trip per step, but the learning rate can change only between calls (setOptimizer runs on the host).
     options.deviceIterations(execution.device_iterations)
 
     # Micro-batches per replica and step. Pipelining needs many: the pipeline is filled and drained
@@ -86,8 +86,8 @@ def build_inference_options(
 def inference_device_iterations(config: RunConfig, pipeline_stages: int) -> int:
     """Return the micro-batches per replica in one inference call: at least 4 per pipeline stage.
 
-    A pipeline of S stages spends S - 1 micro-batches filling and as many draining; with 4 S
-    micro-batches per call that overhead stays below about a fifth of the call.
+    A pipeline of S stages spends S - 1 micro-batches filling and as many draining. With 4 S
+    micro-batches per call, that overhead stays below about a fifth of the call.
     """
     return max(config.execution.device_iterations, 4 * pipeline_stages)
 

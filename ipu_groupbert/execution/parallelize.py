@@ -120,7 +120,7 @@ class SerializedLinear(nn.Linear):
 
 @dataclass
 class _Parallelization:
-    """What `parallelize` changed, so that `deparallelize` can restore it exactly."""
+    """Record of the changes `parallelize` made, from which `deparallelize` restores the model exactly."""
 
     plan: list[Placement]
     hooks: list[RemovableHandle] = field(default_factory=list)

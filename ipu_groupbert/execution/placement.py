@@ -1,10 +1,10 @@
 """The placement plan: which IPU of a replica runs each part of the model.
 
 The plan is a pure function of the model's shape and `execution.layers_per_ipu`, so it can be
-tested and logged without PopTorch; `parallelize.parallelize` applies it with `poptorch.BeginBlock`.
+tested and logged without PopTorch. `parallelize.parallelize` applies it with `poptorch.BeginBlock`.
 
 Layout, following Graphcore's BERT applications:
-- IPU 0 holds the embeddings and, for pre-training, the masked-LM head, whose decoder is tied to
+- IPU 0 runs the embeddings and, for pre-training, the masked-LM head, whose decoder is tied to
   the word embeddings (one copy of the [V, H] table), plus the pooler and next-sentence head;
 - the encoder layers follow `layers_per_ipu`; GroupBERT's final LayerNorm stays with the last layer;
 - the question-answering head sits on the last IPU, next to the last layer.
@@ -35,9 +35,9 @@ class Placement:
 def layer_ipus(layers_per_ipu: int | list[int], num_layers: int, ipus_per_replica: int) -> list[int]:
     """Return the IPU of each encoder layer, from `layers_per_ipu` as a scalar, a list or with -1 entries.
 
-    Raises ValueError stating both counts when the entries cannot sum to `num_layers`, when the
-    list length differs from `ipus_per_replica`, or when an IPU other than IPU 0 gets no layer
-    (IPU 0 has the embeddings; any other IPU without a layer would sit idle in the pipeline).
+    Raises ValueError stating both counts when the entries cannot sum to `num_layers` or the list
+    length differs from `ipus_per_replica`. Also raises when an IPU other than IPU 0 gets no
+    layer, because it would sit idle in the pipeline (IPU 0 has the embeddings).
     """
     counts = expand_layers_per_ipu(layers_per_ipu, num_layers, ipus_per_replica)
     idle = [ipu for ipu, count in enumerate(counts) if ipu > 0 and count == 0]

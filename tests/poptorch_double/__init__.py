@@ -2,12 +2,12 @@
 
 PopTorch ships inside the Poplar SDK and needs IPUs, neither of which exists on CI machines.
 This double lets the tests check the mapping from this project's configuration and model onto
-PopTorch's API: which modules get `BeginBlock` on which IPU, which `poptorch.Options` calls are
-made with which values, how the optimizers are built, and when `setOptimizer` is called.
+PopTorch's API. It records which modules get `BeginBlock` on which IPU, which `poptorch.Options`
+calls are made with which values, how the optimizers are built, and when `setOptimizer` is called.
 
-It does not compile or run anything on IPUs, and passing tests say nothing about execution on
-IPUs: annotations are inert (as real PopTorch's are outside IPU compilation), an executor runs
-the plain model on the CPU micro-batch by micro-batch and never updates weights. Tests that need
+It does not compile or run anything on IPUs, so passing tests do not show that execution on
+IPUs works. Annotations are inert (as real PopTorch's are outside IPU compilation), and an
+executor runs the plain model on the CPU micro-batch by micro-batch and never updates weights. Tests that need
 real IPUs carry `@pytest.mark.ipu` and use the real package.
 
 The fake packages live in `sdk/`, which is put on `sys.path` only by the `poptorch_double`

@@ -86,9 +86,9 @@ def removeBlocks(module):
     assert isinstance(module, torch.nn.Module)
     for submodule in module.modules():
         hooks = submodule._forward_pre_hooks
-        kept = OrderedDict((key, hook) for key, hook in hooks.items() if not isinstance(hook, _BlockHook))
-        RECORD.removed_blocks += len(hooks) - len(kept)
-        submodule._forward_pre_hooks = kept
+        other_hooks = OrderedDict((key, hook) for key, hook in hooks.items() if not isinstance(hook, _BlockHook))
+        RECORD.removed_blocks += len(hooks) - len(other_hooks)
+        submodule._forward_pre_hooks = other_hooks
 
 
 def recomputationCheckpoint(*tensors):
