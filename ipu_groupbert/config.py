@@ -199,7 +199,8 @@ class TrainingConfig:
         None, "checkpoint to start from: a step_<N> folder or a Hugging Face model folder; null = random init"
     )
     resume_training_from_checkpoint: bool = _key(
-        False, "also restore optimizer, schedule, step and data position from checkpoint_input_dir"
+        False, "also restore optimizer, schedule, step and data position from checkpoint_input_dir, or "
+        "from the latest step_<N> in checkpoint_output_dir when checkpoint_input_dir is null"
     )
     lr_warmup_exponent: float = _key(
         0.5, "exponent of the power warm-up (power_warmup_linear, polynomial); 1 = linear", above=0.0
@@ -1154,11 +1155,6 @@ def _consistency_errors(config: RunConfig) -> list[str]:
             f"{at('validation_fraction')} is 0; set validation_fraction (for example 0.02) or validation_batches: 0"
         )
 
-    if t.resume_training_from_checkpoint and t.checkpoint_input_dir is None:
-        errors.append(
-            f"{at('resume_training_from_checkpoint')} is true but {at('checkpoint_input_dir')} is null; "
-            f"set checkpoint_input_dir to the step_<N> folder to resume from"
-        )
     if t.auto_loss_scaling and t.min_loss_scale > t.loss_scaling:
         errors.append(
             f"{at('min_loss_scale')} = {t.min_loss_scale:g} is above the starting {at('loss_scaling')} = "
@@ -1203,11 +1199,6 @@ def _squad_errors(config: RunConfig, at: Any) -> list[str]:
         errors.append(
             f"{at('max_query_length')} = {s.max_query_length} leaves no room for context in "
             f"{at('sequence_length')} = {d.sequence_length}; lower max_query_length"
-        )
-    elif s.doc_stride > context_tokens:
-        errors.append(
-            f"{at('doc_stride')} = {s.doc_stride} exceeds the {context_tokens} context tokens per window "
-            f"(sequence_length - max_query_length - 3), so windows would skip text; lower doc_stride"
         )
     steps_origin = config.provenance.get("training.training_steps")
     if s.epochs is not None and steps_origin is not None and not steps_origin.startswith(DERIVED_PREFIX):

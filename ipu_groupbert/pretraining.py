@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .runtime import (
     select_host_device,
     shutdown_distributed,
 )
-from .trainer import Batch, HostTrainer, TrainingStopped
+from .trainer import Batch, HostTrainer, TrainingStopped, check_host_precision
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def main(config: RunConfig) -> PretrainingResult:
         return run_pretraining_on_ipu(config)
 
     device = select_host_device(config.execution.device)
+    check_host_precision(config.training.precision, device)
     context = init_distributed(device)
     device = select_host_device(config.execution.device, context.local_rank)
     try:
@@ -343,10 +345,11 @@ def _prepare_data(config: RunConfig, context: DistributedContext) -> tuple[Path 
     if data.dataset == "generated":
         return None, None, config.model.vocab_size
 
-    from pipelines import pretraining_data
+    from pipelines.pretraining_data import prepare_pretraining_data
+    from pipelines.shards import is_prepared_data, read_metadata
 
     inputs = [str(path) for path in data.input_files]
-    prepared = [Path(p) for p in inputs if pretraining_data.is_prepared_data(p)]
+    prepared = [Path(p) for p in inputs if is_prepared_data(p)]
     if prepared and len(prepared) != len(inputs):
         raise ConfigError(
             "data.input_files mixes prepared data folders and raw inputs; list either one prepared folder or raw files"
@@ -358,15 +361,36 @@ def _prepare_data(config: RunConfig, context: DistributedContext) -> tuple[Path 
     else:
         data_dir = Path(data.prepared_data_dir) / _prepared_name(config)
         if context.is_main:
-            pretraining_data.prepare_pretraining_data(
+            prepare_pretraining_data(
                 inputs, data_dir, vocab_file=data.vocab_file, vocab_size=config.model.vocab_size,
                 sequence_length=data.sequence_length, short_seq_prob=data.short_seq_prob,
                 next_sentence_prediction=data.next_sentence_prediction,
                 validation_fraction=data.validation_fraction, seed=config.training.random_seed,
             )
         barrier(context)
-    metadata = pretraining_data.read_metadata(data_dir)
-    return data_dir, pretraining_data.tokenizer_dir(data_dir), metadata.vocab_size
+    info = read_metadata(data_dir)
+    if info.sequence_length != data.sequence_length:
+        raise ConfigError(
+            f"prepared data {data_dir} has sequence length {info.sequence_length} but data.sequence_length is "
+            f"{data.sequence_length}; set data.sequence_length to {info.sequence_length} or prepare the data again"
+        )
+    return data_dir, _tokenizer_folder(info, context), info.vocab_size
+
+
+def _tokenizer_folder(info, context: DistributedContext) -> Path:
+    """Save the data's tokenizer as a Hugging Face tokenizer folder, so checkpoints carry it for fine-tuning."""
+    from transformers import BertTokenizerFast
+
+    folder = info.path / "hf_tokenizer"
+    if context.is_main and not (folder / "tokenizer.json").is_file():
+        tokenizer = BertTokenizerFast(
+            vocab_file=str(info.vocab_file), do_lower_case=info.lowercase, strip_accents=info.strip_accents
+        )
+        staging = info.path / f".hf_tokenizer.partial-{os.getpid()}"
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, folder)
+    barrier(context)
+    return folder
 
 
 def _prepared_name(config: RunConfig) -> str:
@@ -397,33 +421,38 @@ def _loader_arguments(config: RunConfig) -> dict:
 
 
 def _training_loader(config: RunConfig, data_dir: Path | None, replica: int, replicas: int):
-    from pipelines import pretraining_data
+    from pipelines.dataloader import create_pretraining_dataloader
+    from pipelines.generated import create_generated_dataloader
 
     data = config.data
     if data_dir is None:
-        return pretraining_data.create_generated_dataloader(
-            vocab_size=config.model.vocab_size, rank=replica, world_size=replicas, **_loader_arguments(config)
+        return create_generated_dataloader(
+            vocab_size=config.model.vocab_size, rank=replica, world_size=replicas, repeat=True,
+            mlm_probability=data.mlm_probability, next_sentence_prediction=data.next_sentence_prediction,
+            **_loader_arguments(config),
         )
-    return pretraining_data.create_pretraining_dataloader(
+    return create_pretraining_dataloader(
         data_dir, split="train", mlm_probability=data.mlm_probability,
         next_sentence_prediction=data.next_sentence_prediction, whole_word_masking=data.whole_word_masking,
-        num_workers=data.dataloader_workers, rank=replica, world_size=replicas, drop_last=True,
+        num_workers=data.dataloader_workers, rank=replica, world_size=replicas, drop_last=True, repeat=True,
         **_loader_arguments(config),
     )
 
 
 def _validate(config: RunConfig, trainer: HostTrainer, data_dir: Path | None, context: DistributedContext) -> dict:
     """Evaluate MLM and NSP loss and accuracy on `training.validation_batches` batches of held-out text."""
-    from pipelines import pretraining_data
+    from pipelines.dataloader import create_pretraining_dataloader
+    from pipelines.generated import create_generated_dataloader
 
     data = config.data
     if data_dir is None:
-        loader = pretraining_data.create_generated_dataloader(
+        loader = create_generated_dataloader(
             vocab_size=config.model.vocab_size, rank=context.rank, world_size=context.world_size,
+            mlm_probability=data.mlm_probability, next_sentence_prediction=data.next_sentence_prediction,
             **{**_loader_arguments(config), "seed": config.training.random_seed + 1},
         )
     else:
-        loader = pretraining_data.create_pretraining_dataloader(
+        loader = create_pretraining_dataloader(
             data_dir, split="validation", mlm_probability=data.mlm_probability,
             next_sentence_prediction=data.next_sentence_prediction, whole_word_masking=data.whole_word_masking,
             num_workers=0, rank=context.rank, world_size=context.world_size, drop_last=False,

@@ -28,7 +28,7 @@ from .models import load_pretrained, question_answering_flops
 from .optim import build_lr_scheduler, build_optimizer
 from .runtime import DistributedContext, barrier, init_distributed, seed_everything, select_host_device, shutdown_distributed
 from .squad_eval import evaluate_predictions, postprocess_predictions
-from .trainer import Batch, HostTrainer
+from .trainer import Batch, HostTrainer, check_host_precision
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def main(config: RunConfig) -> SquadResult:
             "run_squad.py fine-tunes on the host backend only for now; set execution.device to cpu, cuda or auto"
         )
     device = select_host_device(config.execution.device)
+    check_host_precision(config.training.precision, device)
     context = init_distributed(device)
     device = select_host_device(config.execution.device, context.local_rank)
     try:

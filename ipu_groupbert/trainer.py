@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -81,6 +82,15 @@ class StepResult:
     loss_scale: float | None = None
 
 
+def check_host_precision(precision: str, device: torch.device) -> None:
+    """Raise NotImplementedError for a precision the host backend does not run on `device`."""
+    if precision == "fp16" and device.type != "cuda":
+        raise NotImplementedError(
+            "training.precision fp16 needs a CUDA device on the host backend (CPUs have no fast fp16 "
+            "matmuls); use bf16 or fp32 on CPU"
+        )
+
+
 class HostTrainer:
     """Run optimizer steps of `task` on a CPU or CUDA device, alone or under torch.distributed."""
 
@@ -101,11 +111,7 @@ class HostTrainer:
         max_nonfinite_steps: int,
         compile_model: bool = False,
     ):
-        if precision == "fp16" and device.type != "cuda":
-            raise NotImplementedError(
-                "training.precision fp16 needs a CUDA device on the host backend (CPUs have no fast fp16 "
-                "matmuls); use bf16 or fp32 on CPU"
-            )
+        check_host_precision(precision, device)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -169,7 +175,11 @@ class HostTrainer:
             self._handle_nonfinite(step, reduced)
         if self.scaler is not None:
             self.scaler.update(finite)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped step still advances the schedule, so the schedule stays tied to the step count;
+            # PyTorch warns about exactly that order.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         return result
 
     def _handle_nonfinite(self, step: int, sums: dict[str, float]) -> None:

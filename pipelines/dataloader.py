@@ -366,6 +366,9 @@ class PretrainingDataLoader:
             collate_fn=_keep_batch,
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor,
+            # DataLoader draws its workers' base seed from this generator, not from torch's global
+            # random state, which the trainer saves and restores for dropout on resume.
+            generator=torch.Generator(),
         )
         # Batches arrive in request order whatever the number of workers.
         for count, batch in enumerate(loader):
@@ -462,7 +465,10 @@ def create_pretraining_dataloader(
 
     source = ShardedSequences(path, split)
     if len(source) == 0:
-        raise ValueError(f"the {split} split of {path} contains no sequences; prepare it with more documents")
+        if split == "train":
+            raise ValueError(f"the train split of {path} contains no sequences; prepare it with more documents")
+        # An empty validation split is what validation_fraction 0 asks for: the loader yields nothing.
+        logger.warning("the validation split of %s is empty (prepared with validation_fraction 0)", path)
     vocab = read_vocab_file(info.vocab_file)
     if len(vocab) != info.vocab_size:
         raise ValueError(f"{info.vocab_file} has {len(vocab)} entries, but metadata.json records {info.vocab_size}; prepare the data again")
@@ -489,7 +495,7 @@ def create_pretraining_dataloader(
         world_size=world_size,
         drop_last=drop_last,
     )
-    if planner.batches_per_epoch == 0:
+    if planner.batches_per_epoch == 0 and len(source) > 0:
         raise ValueError(
             f"the {split} split of {path} gives {planner.total_rows} rows, fewer than one micro-batch of "
             f"{micro_batch_size} per rank for {world_size} rank(s); lower micro_batch_size, set drop_last=False "

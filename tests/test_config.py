@@ -329,10 +329,12 @@ def test_missing_config_lists_available():
         load_config("groupbert_huge")
 
 
-def test_resume_needs_checkpoint_input_dir(tmp_path):
+def test_resume_without_input_dir_means_latest(tmp_path):
+    # With no checkpoint_input_dir the trainer resumes from the run folder's latest step_<N>.
     path = write(tmp_path, "x.yaml", "training:\n  resume_training_from_checkpoint: true\n")
-    with pytest.raises(ConfigError, match=r"set checkpoint_input_dir to the step_<N> folder to resume from"):
-        load_config(str(path))
+    config = load_config(str(path))
+    assert config.training.resume_training_from_checkpoint
+    assert config.training.checkpoint_input_dir is None
 
 
 def test_validation_batches_need_held_out_documents(tmp_path):
@@ -368,10 +370,11 @@ def test_squad_epochs_and_steps_conflict():
     assert config.squad.epochs is None
 
 
-def test_squad_stride_larger_than_window(tmp_path):
+def test_squad_stride_larger_than_window_is_allowed(tmp_path):
+    # The SQuAD preprocessing caps the stride to the room left for context in each window (and
+    # counts it), because that room depends on each question's length.
     path = write(tmp_path, "x.yaml", "squad:\n  train_file: t.json\n  doc_stride: 300\ndata:\n  sequence_length: 256\n")
-    with pytest.raises(ConfigError, match=r"squad.doc_stride .* = 300 exceeds the 189 context tokens per window"):
-        load_config(str(path))
+    assert load_config(str(path)).squad.doc_stride == 300
 
 
 def test_all_errors_reported_together(tmp_path):
