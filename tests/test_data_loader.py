@@ -277,3 +277,15 @@ def test_generated_resume_matches():
     resumed = loader()
     resumed.load_state_dict(first.state_dict())
     assert_same_batches(uninterrupted[3:], take(resumed, 4))
+
+
+def test_empty_validation_split_gives_no_batches(tmp_path, shared_data, bert_vocab_file):
+    from pipelines.pretraining_data import prepare_pretraining_data
+
+    output = prepare_pretraining_data(
+        [shared_data / "pretraining" / "wikitext-2" / "valid.txt"], tmp_path / "data", vocab_file=bert_vocab_file,
+        vocab_size=30522, sequence_length=128, validation_fraction=0.0, seed=1, workers=1,
+    )
+    loader = make_loader(output, split="validation", drop_last=False)
+    assert len(loader) == 0
+    assert list(loader) == []

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +103,19 @@ def test_file_fingerprint_changes_with_content(tmp_path):
     before = resolve_inputs([corpus])[0].fingerprint()
     corpus.write_text("One sentence, longer now.", encoding="utf-8")
     assert resolve_inputs([corpus])[0].fingerprint() != before
+
+
+def test_unknown_dataset_name_reported_offline():
+    # A subprocess with offline mode set before `datasets` is imported, so no request leaves the machine.
+    code = (
+        "from pipelines.sources import InputCounts, iter_documents, resolve_inputs\n"
+        "list(iter_documents(resolve_inputs(['no-such-dataset-xyz']), counts=InputCounts()))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "could not load the Hugging Face dataset 'no-such-dataset-xyz'" in result.stderr
+    assert "local Hugging Face cache" in result.stderr
