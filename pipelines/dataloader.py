@@ -25,6 +25,7 @@ with exactly the batches an uninterrupted run would have produced.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -352,7 +353,8 @@ class PretrainingDataLoader:
                 yield batch
             return
 
-        positions: list[tuple[int, int]] = []
+        # Positions of the requests handed out and not yet yielded, oldest first.
+        positions: collections.deque[tuple[int, int]] = collections.deque()
 
         def numbered() -> Iterator[tuple[int, np.ndarray]]:
             for epoch, batch_index, rows in requests:
@@ -371,8 +373,8 @@ class PretrainingDataLoader:
             generator=torch.Generator(),
         )
         # Batches arrive in request order whatever the number of workers.
-        for count, batch in enumerate(loader):
-            epoch, batch_index = positions[count]
+        for batch in loader:
+            epoch, batch_index = positions.popleft()
             self._advance(epoch, batch_index)
             yield batch
 
@@ -467,7 +469,7 @@ def create_pretraining_dataloader(
     if len(source) == 0:
         if split == "train":
             raise ValueError(f"the train split of {path} contains no sequences; prepare it with more documents")
-        # An empty validation split is what validation_fraction 0 asks for: the loader yields nothing.
+        # validation_fraction 0 leaves the validation split empty, so its loader yields nothing.
         logger.warning("the validation split of %s is empty (prepared with validation_fraction 0)", path)
     vocab = read_vocab_file(info.vocab_file)
     if len(vocab) != info.vocab_size:

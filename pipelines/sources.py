@@ -19,8 +19,8 @@ No input means the built-in sample: the English Wikipedia dump excerpt (206 page
 that ships inside gensim's wheel, so a machine without network access can still build
 real pre-training data.
 
-A document never spans two inputs or two files. Inputs are read as streams, so memory
-holds one document at a time here. NOTE: a text file without blank lines is one
+A document never spans two inputs or two files. Inputs are read as streams, so only one
+document at a time is in memory here. NOTE: a text file without blank lines is one
 document and is held in memory whole.
 """
 

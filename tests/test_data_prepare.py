@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import socket
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def prepare(inputs, output, **overrides):
 
 
 def normalised_words(text, tokenizer):
-    """Text as the tokenizer sees it, without whitespace.
+    """Text after the tokenizer's normalisation, without whitespace.
 
     Truncation may cut a word, leaving a leading "##" piece, which is dropped here.
     """
@@ -271,3 +272,13 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
 def test_shard_token_dtype_is_compact(wikitext_dir):
     tokens = np.load(wikitext_dir / "train" / "shard_00000" / "input_ids.npy", mmap_mode="r")
     assert tokens.dtype == np.uint16
+
+
+def test_interrupted_build_leftovers_removed(tmp_path):
+    corpus = small_text_corpus(tmp_path / "corpus.txt")
+    # A staging folder named after a process that no longer exists, as a killed build leaves it.
+    leftover = tmp_path / f".out.partial-{socket.gethostname()}-{2**22 + 12345}-deadbeef"
+    (leftover / "train").mkdir(parents=True)
+    prepare([corpus], tmp_path / "out")
+    assert not leftover.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.txt", "out"]
