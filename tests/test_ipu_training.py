@@ -238,6 +238,22 @@ def test_resume_continues_data_and_schedule(finished_run, tmp_path, poptorch_dou
         assert records[0][key] == pytest.approx(first[4][key], rel=1e-6)
 
 
+def test_interrupt_saves_last_finished_step(finished_run, tmp_path, poptorch_double):
+    first = {r["step"]: r for r in _metrics(finished_run[3]) if "loss" in r and "split" not in r}
+    poptorch_double.interrupt_at_call = 2
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining_on_ipu(_config(tmp_path / "run", "--checkpoint-steps", "0"))
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
+
+    # The batch drawn for the interrupted call is not counted as read: resuming repeats it.
+    poptorch_double.interrupt_at_call = None
+    run_pretraining_on_ipu(_config(tmp_path / "resumed", "--resume-training-from-checkpoint", "true",
+                                   "--checkpoint-input-dir", str(tmp_path / "run" / "step_2")))
+    records = [r for r in _metrics(tmp_path / "resumed") if "loss" in r and "split" not in r]
+    assert records[0]["step"] == 4
+    assert records[0]["loss"] == pytest.approx(first[4]["loss"], rel=1e-6)
+
+
 def test_host_checkpoint_not_resumed(finished_run, tmp_path, poptorch_double):
     import shutil
 

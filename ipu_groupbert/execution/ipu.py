@@ -200,9 +200,9 @@ def _pretrain(
     )
     metrics.log_event({"event": "compile", "step": start_step, "compile_seconds": compile_seconds})
 
-    def save(step: int) -> None:
-        # Every instance hands its loaders' positions to instance 0, which writes the checkpoint.
-        data_states = communicator.gather(stream.state_dict())
+    def save(step: int, data_state: list[dict]) -> None:
+        # Every instance hands its loaders' positions after `step` to instance 0, which writes the checkpoint.
+        data_states = communicator.gather(data_state)
         if context.is_main:
             training_model.copyWeightsToHost()
             export_model.load_state_dict({key: value.detach().float() for key, value in model.state_dict().items()})
@@ -221,11 +221,13 @@ def _pretrain(
     # Train: each call runs device_iterations optimizer steps at one learning rate.
     step, last_record = start_step, None
     saved_step = start_step if resume_from is not None else None
+    data_state = None  # the loaders' positions after `step`, taken after each call
     logger.info("Training from step %d to %d on IPUs", start_step, training.training_steps)
     try:
         while step < training.training_steps:
             learning_rate = scheduler.get_last_lr()[0]
             sums = PretrainingStep.name_outputs(training_model(**batch))
+            data_state = stream.state_dict()
             sums = dict(zip(sums, communicator.sum(np.array(list(sums.values())))))
             _check_finite(sums, step, config)
             previous, step = step, step + execution.device_iterations
@@ -243,14 +245,14 @@ def _pretrain(
                 # The first call also uploads weights and starts the data workers; time from here.
                 metrics.restart_interval(step)
             if training.checkpoint_steps and _crossed(previous, step, training.checkpoint_steps):
-                save(step)
+                save(step, data_state)
                 saved_step = step
             if step < training.training_steps:
                 batch = next_call_batch()
     except KeyboardInterrupt:
         # The IPU finished every call that returned, so the weights are those of `step`.
         if saved_step != step and step > start_step:
-            save(step)
+            save(step, data_state)
         metrics.close()
         raise
     except TrainingStopped:
@@ -259,7 +261,7 @@ def _pretrain(
 
     # Save, then evaluate on held-out text with an inference model.
     if saved_step != step:
-        save(step)
+        save(step, data_state)
     training_model.detachFromDevice()
     validation = None
     if training.validation_batches > 0:

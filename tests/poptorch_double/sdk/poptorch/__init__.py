@@ -393,6 +393,8 @@ class PoplarExecutor:
         shapes = {key: (tuple(value.shape), value.dtype) for key, value in kwargs.items()}
         if shapes != self.compile_inputs:
             raise RuntimeError(f"inputs {shapes} differ from the compiled inputs {self.compile_inputs}")
+        if self.training and RECORD.interrupt_at_call == self.calls + 1:
+            raise KeyboardInterrupt
         self.calls += 1
         self.model.train(self.training)
         count = self._micro_batches_per_call()

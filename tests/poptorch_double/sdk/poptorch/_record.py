@@ -30,6 +30,7 @@ class Recorder:
     optimizers: list[tuple[str, dict]] = field(default_factory=list)  # (class name, constructor arguments)
     executors: list[Any] = field(default_factory=list)
     hardware_available: bool = False
+    interrupt_at_call: int | None = None  # a training call that raises KeyboardInterrupt, as Ctrl-C would
     poprun: PopRunEnvironment | None = None
     popdist_initialised: bool = False
 
