@@ -233,9 +233,11 @@ def _vocabulary_fingerprint(vocab_file, vocab_size) -> dict:
         raise FileNotFoundError(f"vocab_file not found: {path} is neither a vocabulary file nor a tokenizer folder")
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.name.encode())
+        if path.is_dir():
+            digest.update(file.name.encode())
         digest.update(file.read_bytes())
-    return {"trained": False, "path": str(path), "sha256": digest.hexdigest()}
+    # Content, not location, identifies the vocabulary, so a moved copy still matches.
+    return {"trained": False, "sha256": digest.hexdigest()}
 
 
 def _describe_differences(stored: dict | None, requested: dict) -> str:
