@@ -12,11 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 from transformers.utils import ModelOutput
 
 from .layers import MaskedLMHead, PreTrainingHeads, gather_positions
+
+try:
+    # transformers 5: these initialisers skip tensors already loaded from a checkpoint.
+    from transformers import initialization as init
+
+    TRANSFORMERS_5 = True
+except ImportError:
+    # transformers 4 (the line that supports PopTorch's torch 2.0) marks loaded tensors itself.
+    from torch.nn import init
+
+    TRANSFORMERS_5 = False
 
 IGNORE_INDEX = -100
 
@@ -84,7 +94,12 @@ class PreTrainingMixin:
     """
 
     base_model_class: type[PreTrainedModel]
-    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+    # transformers 5 maps each tied weight to its source; transformers 4 lists them and ties
+    # the output embeddings to the input embeddings.
+    _tied_weights_keys = (
+        {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+        if TRANSFORMERS_5 else ["cls.predictions.decoder.weight"]
+    )
     _keys_to_ignore_on_load_unexpected = [r"position_ids", r"cls\.predictions\.decoder\.bias"]
 
     def __init__(self, config):
