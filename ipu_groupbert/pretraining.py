@@ -161,7 +161,7 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
     training, execution = config.training, config.execution
     derived = config.derived(context.world_size)
     run_dir = Path(training.checkpoint_output_dir or f"output/{config.name}")
-    resume_from = _find_resume_checkpoint(config, run_dir)
+    resume_from = find_resume_checkpoint(config, run_dir)
 
     # Set up the run folder and log the resolved configuration.
     if context.is_main:
@@ -173,14 +173,14 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
     seed_everything(training.random_seed)
 
     # Data: raw inputs become shards once (on the main process); every replica reads its own shard.
-    data_dir, tokenizer_dir, data_vocab_size = _prepare_data(config, context)
+    data_dir, tokenizer_dir, data_vocab_size = prepare_data(config, context)
     local_replicas = execution.replication_factor
     replica_ids = [context.rank * local_replicas + r for r in range(local_replicas)]
-    loaders = [_training_loader(config, data_dir, replica, derived.replicas) for replica in replica_ids]
+    loaders = [training_loader(config, data_dir, replica, derived.replicas) for replica in replica_ids]
     stream = MicroBatchStream(loaders, training.gradient_accumulation)
 
     # Model: new, or weights from checkpoint_input_dir (a new phase when not resuming).
-    model = _build_or_load_model(config, resume_from, data_vocab_size).to(device)
+    model = build_or_load_model(config, resume_from, data_vocab_size).to(device)
     optimizer = build_optimizer(model, training)
     scheduler = build_lr_scheduler(optimizer, training, training.training_steps)
     trainer = HostTrainer(
@@ -257,13 +257,13 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
         save(step)
     validation = None
     if training.validation_batches > 0:
-        validation = _validate(config, trainer, data_dir, context)
+        validation = validate(config, trainer, data_dir, context)
         metrics.log_event({"split": "validation", "step": step, **validation})
     metrics.close()
     return PretrainingResult(run_dir=run_dir, final_step=step, last_metrics=last_record, validation=validation)
 
 
-def _find_resume_checkpoint(config: RunConfig, run_dir: Path) -> Path | None:
+def find_resume_checkpoint(config: RunConfig, run_dir: Path) -> Path | None:
     """Return the checkpoint to resume from, or None for a new run."""
     training = config.training
     if not training.resume_training_from_checkpoint:
@@ -293,7 +293,7 @@ def _restore(checkpoint: Path, trainer: HostTrainer, stream: MicroBatchStream, c
     return int(state["step"])
 
 
-def _build_or_load_model(config: RunConfig, resume_from: Path | None, data_vocab_size: int):
+def build_or_load_model(config: RunConfig, resume_from: Path | None, data_vocab_size: int):
     model_config = model_config_from_dict({"model_type": config.model.model_type, **config.model_config_dict()})
     if data_vocab_size > model_config.vocab_size:
         raise ConfigError(
@@ -339,7 +339,7 @@ def _log_ignored_ipu_keys(config: RunConfig) -> None:
 # ----- data ---------------------------------------------------------------------------------------
 
 
-def _prepare_data(config: RunConfig, context: DistributedContext) -> tuple[Path | None, Path | None, int]:
+def prepare_data(config: RunConfig, context: DistributedContext) -> tuple[Path | None, Path | None, int]:
     """Return (prepared data folder, tokenizer folder, tokenizer vocabulary size); None folders for generated data."""
     data = config.data
     if data.dataset == "generated":
@@ -420,7 +420,7 @@ def _loader_arguments(config: RunConfig) -> dict:
     }
 
 
-def _training_loader(config: RunConfig, data_dir: Path | None, replica: int, replicas: int):
+def training_loader(config: RunConfig, data_dir: Path | None, replica: int, replicas: int):
     from pipelines.dataloader import create_pretraining_dataloader
     from pipelines.generated import create_generated_dataloader
 
@@ -439,7 +439,7 @@ def _training_loader(config: RunConfig, data_dir: Path | None, replica: int, rep
     )
 
 
-def _validate(config: RunConfig, trainer: HostTrainer, data_dir: Path | None, context: DistributedContext) -> dict:
+def validate(config: RunConfig, trainer: HostTrainer, data_dir: Path | None, context: DistributedContext) -> dict:
     """Evaluate MLM and NSP loss and accuracy on `training.validation_batches` batches of held-out text."""
     from pipelines.dataloader import create_pretraining_dataloader
     from pipelines.generated import create_generated_dataloader

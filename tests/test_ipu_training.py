@@ -25,7 +25,7 @@ from ipu_groupbert.optim import learning_rates
 from ipu_groupbert.pretraining import (
     MicroBatchStream,
     PretrainingTask,
-    _training_loader,
+    training_loader,
     model_inputs,
     pretraining_statistics,
     summarise,
@@ -66,7 +66,7 @@ def _host_sums(model, batches):
 
 
 def _windows(config, replicas=REPLICAS, first_replica=0):
-    loaders = [_training_loader(config, None, first_replica + r, replicas) for r in range(config.execution.replication_factor)]
+    loaders = [training_loader(config, None, first_replica + r, replicas) for r in range(config.execution.replication_factor)]
     return MicroBatchStream(loaders, config.training.gradient_accumulation)
 
 

@@ -32,14 +32,14 @@ from ..config import ConfigError, RunConfig
 from ..metrics import MetricsLogger, start_wandb
 from ..models import build_model, model_config_from_dict, pretraining_flops
 from ..optim import build_lr_scheduler
-from ..pretraining import _validate as _host_validate
+from ..pretraining import validate as _host_validate
 from ..pretraining import (
     MicroBatchStream,
     PretrainingResult,
-    _build_or_load_model,
-    _find_resume_checkpoint,
-    _prepare_data,
-    _training_loader,
+    build_or_load_model,
+    find_resume_checkpoint,
+    prepare_data,
+    training_loader,
     model_inputs,
     summarise,
 )
@@ -140,7 +140,7 @@ def _pretrain(
     training, execution = config.training, config.execution
     derived = config.derived(context.instances)
     run_dir = Path(training.checkpoint_output_dir)
-    resume_from = _find_resume_checkpoint(config, run_dir)
+    resume_from = find_resume_checkpoint(config, run_dir)
 
     # Set up the run folder and log the resolved configuration (instance 0 only).
     if context.is_main:
@@ -157,11 +157,11 @@ def _pretrain(
     # Data: one loader per local replica, sharded by global replica index as on the host.
     data_dir, tokenizer_dir, data_vocab_size = _prepare_data_once(config, context, communicator)
     replica_ids = [context.replica_offset + replica for replica in range(context.local_replicas)]
-    loaders = [_training_loader(config, data_dir, replica, derived.replicas) for replica in replica_ids]
+    loaders = [training_loader(config, data_dir, replica, derived.replicas) for replica in replica_ids]
     stream = MicroBatchStream(loaders, training.gradient_accumulation)
 
     # Model: placed on the IPUs; a plain fp32 twin receives the weights for each checkpoint.
-    model = _build_or_load_model(config, resume_from, data_vocab_size)
+    model = build_or_load_model(config, resume_from, data_vocab_size)
     export_model = build_model(model.config, "pretraining")
     if training.precision == "fp16":
         model.half()
@@ -287,7 +287,7 @@ def _compile_only(config: RunConfig, context: PopRunContext, poptorch: ModuleTyp
     parallelize(model, config, "pretraining")
     optimizer = build_ipu_optimizer(model, training, poptorch)
     total_replicas = context.total_replicas
-    loaders = [_training_loader(config, None, context.replica_offset + r, total_replicas)
+    loaders = [training_loader(config, None, context.replica_offset + r, total_replicas)
                for r in range(context.local_replicas)]
     stream = MicroBatchStream(loaders, training.gradient_accumulation)
     windows = [[model_inputs(b) for b in stream.next_window()] for _ in range(execution.device_iterations)]
@@ -316,7 +316,7 @@ def _validate(
     config: RunConfig, context: PopRunContext, communicator: InstanceCommunicator, poptorch: ModuleType,
     popdist: ModuleType | None, step_module: PretrainingStep, plan, data_dir: Path | None,
 ) -> dict:
-    """Evaluate on held-out text with an inference model, through the host backend's `_validate`.
+    """Evaluate on held-out text with an inference model, through the host backend's `validate`.
 
     The host function builds this instance's loader and summarises the sums. `IpuEvaluator`
     replaces its trainer and runs the batches on the IPUs.
@@ -426,10 +426,10 @@ def _prepare_data_once(config: RunConfig, context: PopRunContext, communicator: 
         return None, None, config.model.vocab_size
     single = DistributedContext()
     if context.is_main:
-        prepared = _prepare_data(config, single)
+        prepared = prepare_data(config, single)
     communicator.barrier()
     if not context.is_main:
-        prepared = _prepare_data(config, single)
+        prepared = prepare_data(config, single)
     return prepared
 
 
