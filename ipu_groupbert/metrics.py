@@ -45,8 +45,8 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 class MetricsLogger:
     """Write metrics of the main process to metrics.jsonl, the console and optionally Weights & Biases.
 
-    `samples_per_step` and `tokens_per_step` are global (all replicas); `flops_per_step` is the
-    analytic training FLOPs of one optimizer step, used for the cumulative `training_flops` column,
+    `samples_per_step` and `tokens_per_step` count all replicas. `flops_per_step` is the analytic
+    training FLOPs of one optimizer step, which gives the cumulative `training_flops` column,
     TFLOP/s and MFU.
     """
 

@@ -45,7 +45,7 @@ BATCH_KEYS_FOR_MODEL = (
 
 @dataclass
 class PretrainingResult:
-    """What a finished run leaves behind."""
+    """Paths and final results of a finished run."""
 
     run_dir: Path
     final_step: int

@@ -28,11 +28,11 @@ Batch = dict[str, torch.Tensor]
 
 
 class TrainingStopped(RuntimeError):
-    """The run cannot continue (for example a non-finite loss); the message says why and what to change."""
+    """The run cannot continue, for example after a non-finite loss. The message gives the cause and the fix."""
 
 
 class TrainingTask(Protocol):
-    """What the trainer needs to know about a task (pre-training or question answering)."""
+    """Interface of a training task (pre-training or question answering) to the trainer."""
 
     def normalisers(self, micro_batches: list[Batch]) -> dict[str, torch.Tensor]:
         """Count what the loss is averaged over (for example labelled tokens) in this process's window."""
