@@ -1,7 +1,8 @@
 """The IPU pre-training loop on CPU, against the PopTorch test double.
 
 The double runs the plain model per micro-batch and never updates weights. So these tests check
-the mapping and the bookkeeping: combined batches and loss weights, compilation before the steps,
+the mapping and the bookkeeping: combined batches fed through poptorch.DataLoader and their loss
+weights, compilation before the steps,
 one setOptimizer per host call with the scheduled learning rate, and statistics equal to the
 host's on the same data. They also cover checkpoints, resume, validation and PopRun instances.
 They verify nothing about execution or training on IPUs.
@@ -79,7 +80,8 @@ def finished_run(tmp_path_factory):
         result = run_pretraining_on_ipu(config)
         # Lists as they are now: later tests reset the recorder, which replaces them.
         snapshot = type("Snapshot", (), {"executors": record.executors, "optimizers": record.optimizers,
-                                          "options": record.options})
+                                          "options": record.options, "data_loaders": record.data_loaders,
+                                          "batches_read_ahead": record.batches_read_ahead})
     return config, result, snapshot, run_dir
 
 
@@ -236,6 +238,12 @@ def test_resume_continues_data_and_schedule(finished_run, tmp_path, poptorch_dou
     # Same data position and schedule as the uninterrupted run's last call.
     for key in ("loss", "mlm_accuracy", "learning_rate"):
         assert records[0][key] == pytest.approx(first[4][key], rel=1e-6)
+    # The very same inputs, loss weights included, as the uninterrupted run's second call.
+    uninterrupted = finished_run[2].executors[0].call_inputs[1]
+    (resumed_inputs,) = training.call_inputs
+    assert resumed_inputs.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed_inputs[key], value), key
 
 
 def test_interrupt_saves_last_finished_step(finished_run, tmp_path, poptorch_double):
@@ -330,3 +338,109 @@ def test_second_instance_reads_its_own_shard(tmp_path, poptorch_double):
     expected = torch.cat([b["input_ids"] for b in batching.popart_order(
         [[model_inputs(b) for b in stream.next_window()] for _ in range(DEVICE_ITERATIONS)], 1, ACCUMULATION)])
     assert torch.equal(training.compiled_with["input_ids"], expected)
+
+
+def _expected_calls(config, calls):
+    """The combined batches of the first `calls` calls, assembled directly from a fresh stream."""
+    stream = _windows(config)
+    expected = []
+    for _ in range(calls):
+        windows = [[model_inputs(b) for b in stream.next_window()] for _ in range(DEVICE_ITERATIONS)]
+        weights = batching.loss_weights(np.stack([batching.token_counts(w) for w in windows]), ACCUMULATION, REPLICAS)
+        expected.append(batching.combined_training_batch(windows, weights, REPLICAS, ACCUMULATION))
+    return expected, stream
+
+
+def test_data_loader_built_from_training_options(finished_run):
+    _, _, record, _ = finished_run
+    training = record.executors[0]
+    (loader,) = record.data_loaders
+    arguments = loader.arguments
+    assert arguments["options"] is training.options
+    assert arguments["batch_size"] == 4  # the micro-batch
+    assert loader.combinedBatchSize == 4 * DEVICE_ITERATIONS * REPLICAS * ACCUMULATION
+    assert isinstance(arguments["dataset"], batching.CombinedBatchRows)
+    assert (arguments["shuffle"], arguments["num_workers"], arguments["auto_distributed_partitioning"]) == (False, 0, False)
+    assert arguments["mode"].name == "Async"
+    assert loader.terminated
+
+
+def test_model_receives_the_host_steps_batches(finished_run):
+    config, _, record, _ = finished_run
+    training = record.executors[0]
+    expected, _ = _expected_calls(config, STEPS // DEVICE_ITERATIONS)
+    assert len(training.call_inputs) == len(expected)
+    for call, (received, batch) in enumerate(zip(training.call_inputs, expected)):
+        assert received.keys() == batch.keys(), call
+        for key, value in batch.items():
+            assert received[key].dtype == value.dtype, (call, key)
+            assert torch.equal(received[key], value), (call, key)
+    assert all(torch.equal(training.compiled_with[key], value) for key, value in expected[0].items())
+    # The DataLoader had read further calls ahead, yet each checkpoint contains the position after its step.
+    assert record.batches_read_ahead > 0
+    _, stream = _expected_calls(config, 1)
+    assert ckpt.load_training_state(finished_run[3] / "step_2")["data"] == stream.state_dict()
+
+
+def test_rows_resume_after_k_calls(tmp_path, poptorch_double):
+    import poptorch
+
+    config = _config(tmp_path / "run")
+    options = build_training_options(config, PopRunContext(local_replicas=REPLICAS), poptorch)
+    initial = _windows(config).state_dict()
+
+    def calls(states, count):
+        loaders = batching.ReplicaLoaders(config=config, data_dir=None, replicas=(0, 1), total_replicas=REPLICAS,
+                                          states=tuple(states))
+        dataset = batching.CombinedBatchRows(loaders, device_iterations=DEVICE_ITERATIONS)
+        iterator = iter(poptorch.DataLoader(options, dataset, batch_size=4))
+        return [batching.with_loss_weights(next(iterator), lambda counts: counts, device_iterations=DEVICE_ITERATIONS,
+                                           accumulation=ACCUMULATION, total_replicas=REPLICAS) for _ in range(count)]
+
+    uninterrupted = calls(initial, 5)
+    expected, _ = _expected_calls(config, 5)
+    for got, want in zip(uninterrupted, expected):
+        assert all(torch.equal(got[key], want[key]) for key in want)
+    k = 3
+    position = [batching.advance_loader_state(state, k * DEVICE_ITERATIONS * ACCUMULATION) for state in initial]
+    for got, want in zip(calls(position, 2), uninterrupted[k:]):
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[key], want[key]) for key in want)
+
+
+def test_advance_loader_state_crosses_epochs():
+    from pipelines.generated import create_generated_dataloader
+
+    loader = create_generated_dataloader(micro_batch_size=2, sequence_length=16, mask_tokens=2, vocab_size=256,
+                                         batches_per_epoch=3, repeat=True)
+    initial = loader.state_dict()
+    iterator = iter(loader)
+    for batches in range(1, 8):
+        next(iterator)
+        assert batching.advance_loader_state(initial, batches) == loader.state_dict(), batches
+    assert loader.state_dict()["epoch"] == 2
+    with pytest.raises(ValueError, match="advance"):
+        batching.advance_loader_state(initial, -1)
+
+
+def test_loss_weights_reject_mixed_steps(tmp_path, poptorch_double):
+    import poptorch
+
+    config = _config(tmp_path / "run")
+    options = build_training_options(config, PopRunContext(local_replicas=REPLICAS), poptorch)
+    loaders = batching.ReplicaLoaders(config=config, data_dir=None, replicas=(0, 1), total_replicas=REPLICAS,
+                                      states=tuple(_windows(config).state_dict()))
+    batch = next(iter(poptorch.DataLoader(options, batching.CombinedBatchRows(loaders, device_iterations=2),
+                                          batch_size=4)))
+    # Generated rows all have the same counts. So the first row gets another count, as a row
+    # that several loader workers interleaved from another step would.
+    mixed = dict(batch, mlm_step_count=batch["mlm_step_count"].clone())
+    mixed["mlm_step_count"][0] += 1
+    batching.with_loss_weights(batch, lambda c: c, device_iterations=2, accumulation=ACCUMULATION,
+                               total_replicas=REPLICAS)
+    with pytest.raises(ValueError, match="mixed rows of different steps"):
+        batching.with_loss_weights(mixed, lambda c: c, device_iterations=2, accumulation=ACCUMULATION,
+                                   total_replicas=REPLICAS)
+    with pytest.raises(ValueError, match="must come from CombinedBatchRows"):
+        batching.with_loss_weights({"input_ids": batch["input_ids"]}, lambda c: c, device_iterations=2,
+                                   accumulation=ACCUMULATION, total_replicas=REPLICAS)

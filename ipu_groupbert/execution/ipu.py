@@ -4,7 +4,8 @@ The loop, top to bottom:
 1. join PopRun when it started this process, and set up the run folder (on instance 0 only);
 2. build the PopTorch options, then prepare the data and one loader per local replica;
 3. build or load the model, place it on the IPUs and build PopTorch's optimizer;
-4. compile, timed apart from the steps (a `compile_only` run stops here);
+4. start a `poptorch.DataLoader` that reads the per-replica loaders from the resume position,
+   and compile, timed apart from the steps (a `compile_only` run stops here);
 5. per host call, run `device_iterations` optimizer steps on one combined batch, push the new
    learning rate with `setOptimizer`, log and checkpoint;
 6. save, and evaluate with an inference model.
@@ -172,17 +173,33 @@ def _pretrain(
     start_step = 0
     if resume_from is not None:
         start_step = _restore(resume_from, optimizer, scheduler, stream, context, execution.device_iterations)
+    # The loaders are not iterated here: they check a checkpoint's positions and give the start.
+    start_states = stream.state_dict()
+    data_loader = _training_data_loader(config, options, poptorch, batching.ReplicaLoaders(
+        config=config, data_dir=data_dir, replicas=tuple(replica_ids), total_replicas=derived.replicas,
+        states=tuple(start_states),
+    ))
+    call_batches = iter(data_loader)
 
     def next_call_batch() -> Batch:
-        windows = [[model_inputs(batch) for batch in stream.next_window()] for _ in range(execution.device_iterations)]
-        counts = communicator.sum(np.stack([batching.token_counts(window) for window in windows]))
-        weights = batching.loss_weights(counts, training.gradient_accumulation, context.total_replicas)
-        return batching.combined_training_batch(windows, weights, context.local_replicas, training.gradient_accumulation)
+        return batching.with_loss_weights(
+            next(call_batches), communicator.sum, device_iterations=execution.device_iterations,
+            accumulation=training.gradient_accumulation, total_replicas=context.total_replicas,
+        )
+
+    def data_state_after(step: int) -> list[dict]:
+        # The DataLoader reads ahead, so positions come from the steps done, not from its loaders.
+        batches = (step - start_step) * training.gradient_accumulation
+        return [batching.advance_loader_state(state, batches) for state in start_states]
 
     # Compile, or load the executable from the cache, timed apart from the steps.
     training_model = poptorch.trainingModel(step_module, options, optimizer=optimizer)
-    batch = next_call_batch()
-    compile_seconds = _compile(training_model, batch)
+    try:
+        batch = next_call_batch()
+        compile_seconds = _compile(training_model, batch)
+    except BaseException:
+        data_loader.terminate()
+        raise
 
     flops = pretraining_flops(
         model.config, config.data.sequence_length, config.data.mask_tokens,
@@ -227,7 +244,7 @@ def _pretrain(
         while step < training.training_steps:
             learning_rate = scheduler.get_last_lr()[0]
             sums = PretrainingStep.name_outputs(training_model(**batch))
-            data_state = stream.state_dict()
+            data_state = data_state_after(step + execution.device_iterations)
             sums = dict(zip(sums, communicator.sum(np.array(list(sums.values())))))
             _check_finite(sums, step, config)
             previous, step = step, step + execution.device_iterations
@@ -258,6 +275,8 @@ def _pretrain(
     except TrainingStopped:
         metrics.close()
         raise
+    finally:
+        data_loader.terminate()
 
     # Save, then evaluate on held-out text with an inference model.
     if saved_step != step:
@@ -300,6 +319,26 @@ def _compile_only(config: RunConfig, context: PopRunContext, poptorch: ModuleTyp
     return PretrainingResult(
         run_dir=Path(training.checkpoint_output_dir), final_step=0,
         last_metrics={"compile_seconds": compile_seconds}, validation=None,
+    )
+
+
+def _training_data_loader(config: RunConfig, options, poptorch: ModuleType, loaders: batching.ReplicaLoaders):
+    """Return the `poptorch.DataLoader` whose each batch is one call's combined batch, with step counts.
+
+    Its batch_size is the micro-batch, so PopTorch combines micro_batch x device_iterations x
+    replicas x accumulation rows, which `CombinedBatchRows` yields in that call's order. One
+    reading process (num_workers=0): every worker of an IterableDataset would yield every row,
+    and the per-replica loaders already load with `data.dataloader_workers` workers each.
+    Asynchronous mode fills the next calls' batches in a separate process while the IPUs compute.
+    Each PopRun instance reads its own shards, so PopTorch must not partition the data again.
+    """
+    dataset = batching.CombinedBatchRows(loaders, device_iterations=config.execution.device_iterations)
+    # NOTE: the asynchronous worker (a spawned process reading this dataset) and its ring buffer
+    # have not been run against a real PopTorch; the CPU tests use a double of poptorch.DataLoader.
+    return poptorch.DataLoader(
+        options, dataset, batch_size=config.training.micro_batch_size, shuffle=False, num_workers=0,
+        drop_last=True, auto_distributed_partitioning=False, mode=poptorch.DataLoaderMode.Async,
+        async_options={"load_indefinitely": True, "early_preload": True},
     )
 
 

@@ -9,7 +9,9 @@ they never compute gradients or update weights.
 
 from __future__ import annotations
 
+import collections
 import enum
+import pickle
 from collections import OrderedDict
 
 import torch
@@ -344,6 +346,100 @@ class Options:
         return [name for name, _ in self.calls]
 
 
+# ----- data loading -------------------------------------------------------------------------------
+
+
+class DataLoaderMode(enum.IntEnum):
+    Sync = 0
+    Async = 1
+    AsyncRebatched = 2
+
+
+class SharingStrategy(enum.IntEnum):
+    SharedMemory = 0
+    FileSystem = 1
+    Fork = 2
+    ForkServer = 3
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """PopTorch 3.x's DataLoader as documented: torch's DataLoader with the combined batch size.
+
+    Each batch has batch_size x device_iterations x replication_factor x gradient_accumulation
+    elements, read in dataset order. The constructor's arguments are recorded in
+    `RECORD.data_loaders`. Asynchronous mode reads a pickled copy of the dataset (as PopTorch's
+    worker process does with its default file-system sharing) and keeps `buffer_size` batches read
+    ahead of the consumer, in this process rather than another one.
+    """
+
+    def __init__(self, options, dataset, batch_size=1, shuffle=False, num_workers=0, drop_last=True,
+                 persistent_workers=None, auto_distributed_partitioning=True, mode=DataLoaderMode.Sync,
+                 async_options=None, rebatched_worker_size=None, **kwargs):
+        assert isinstance(options, Options)
+        if not isinstance(mode, DataLoaderMode):
+            raise TypeError(f"mode must be a poptorch.DataLoaderMode, got {mode!r}")
+        if mode == DataLoaderMode.AsyncRebatched:
+            raise NotImplementedError("the double does not emulate DataLoaderMode.AsyncRebatched")
+        RECORD.data_loaders.append(self)
+        self.arguments = {
+            "options": options, "dataset": dataset, "batch_size": batch_size, "shuffle": shuffle,
+            "num_workers": num_workers, "drop_last": drop_last, "persistent_workers": persistent_workers,
+            "auto_distributed_partitioning": auto_distributed_partitioning, "mode": mode,
+            "async_options": dict(async_options or {}), "rebatched_worker_size": rebatched_worker_size, **kwargs,
+        }
+        self._options = options
+        self._combined_batch_size = None if batch_size is None else (
+            batch_size * options.device_iterations * options.replication_factor
+            * options.Training.gradient_accumulation
+        )
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            if auto_distributed_partitioning and options.Distributed.numProcesses != 1:
+                raise AssertionError("auto_distributed_partitioning not supported for IterableDataset")
+        elif options.Distributed.numProcesses > 1 and auto_distributed_partitioning:
+            raise NotImplementedError("the double does not partition map-style datasets between processes")
+        if persistent_workers is None:
+            persistent_workers = num_workers > 0
+        super().__init__(dataset, batch_size=self._combined_batch_size, shuffle=shuffle, num_workers=num_workers,
+                         drop_last=drop_last, persistent_workers=persistent_workers, **kwargs)
+        self._mode = mode
+        self._buffer_size = self.arguments["async_options"].get("buffer_size", 3)
+        self.terminated = False
+
+    @property
+    def combinedBatchSize(self):
+        return self._combined_batch_size
+
+    @property
+    def options(self):
+        return self._options
+
+    def terminate(self):
+        self.terminated = True
+
+    def __iter__(self):
+        if self._mode == DataLoaderMode.Sync:
+            return super().__iter__()
+        return self._read_ahead()
+
+    def _read_ahead(self):
+        copy = torch.utils.data.DataLoader(
+            pickle.loads(pickle.dumps(self.dataset)), batch_size=self._combined_batch_size,
+            num_workers=self.num_workers, drop_last=self.drop_last, collate_fn=self.collate_fn,
+        )
+        batches = iter(copy)
+        buffer = collections.deque()
+        while True:
+            while len(buffer) < self._buffer_size:
+                try:
+                    buffer.append(next(batches))
+                except StopIteration:
+                    break
+            if not buffer:
+                return
+            RECORD.batches_read_ahead = max(RECORD.batches_read_ahead, len(buffer) - 1)
+            yield buffer.popleft()
+
+
 # ----- model wrappers -----------------------------------------------------------------------------
 
 
@@ -358,6 +454,7 @@ class PoplarExecutor:
         self.compile_inputs = None  # {name: (shape, dtype)} of the inputs compiled for
         self.compiled_with = None  # the input tensors themselves
         self.calls = 0
+        self.call_inputs = []  # the inputs of each call, as passed
         self.set_optimizer_calls = []  # learning rate of each parameter group per setOptimizer call
         self.weight_copies = 0
         self.attached = True
@@ -396,6 +493,7 @@ class PoplarExecutor:
         if self.training and RECORD.interrupt_at_call == self.calls + 1:
             raise KeyboardInterrupt
         self.calls += 1
+        self.call_inputs.append(dict(kwargs))
         self.model.train(self.training)
         count = self._micro_batches_per_call()
         rows = next(iter(kwargs.values())).shape[0] // count

@@ -29,6 +29,8 @@ class Recorder:
     options: list[Any] = field(default_factory=list)  # every Options object created
     optimizers: list[tuple[str, dict]] = field(default_factory=list)  # (class name, constructor arguments)
     executors: list[Any] = field(default_factory=list)
+    data_loaders: list[Any] = field(default_factory=list)  # every DataLoader created
+    batches_read_ahead: int = 0  # most batches an asynchronous DataLoader held beyond the one it returned
     hardware_available: bool = False
     interrupt_at_call: int | None = None  # a training call that raises KeyboardInterrupt, as Ctrl-C would
     poprun: PopRunEnvironment | None = None
