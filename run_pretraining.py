@@ -8,18 +8,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
+from ipu_groupbert.cli import run_job, setup_logging
 from ipu_groupbert.config import parse_args
 from ipu_groupbert.pretraining import main
 
 
-def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def cli(argv: list[str] | None = None) -> int:
+    setup_logging()
     config = parse_args(argv, description="Pre-train GroupBERT or BERT (masked LM + next-sentence prediction).")
-    main(config)
+    return run_job(main, config)
 
 
 if __name__ == "__main__":
-    cli(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))

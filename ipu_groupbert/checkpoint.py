@@ -64,7 +64,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
             )
         path = latest
     if not any((path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        raise CheckpointError(f"checkpoint {path} has config.json but no model.safetensors; it is incomplete")
+        raise CheckpointError(
+            f"checkpoint {path} has config.json but no model.safetensors, so it is incomplete; point to another "
+            f"step_<N> folder of the run, or save the model again"
+        )
     return path
 
 
@@ -132,7 +135,11 @@ def load_training_state(checkpoint: str | Path) -> dict:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """Flush every file to disk and give it the usual permissions (some writers create owner-only files)."""
+    mask = os.umask(0)
+    os.umask(mask)
     for file in folder.rglob("*"):
         if file.is_file():
+            os.chmod(file, 0o666 & ~mask)
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())

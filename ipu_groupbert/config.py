@@ -824,6 +824,9 @@ class RunConfig:
                                          encoding="utf-8") as handle:
             handle.write(text)
             temporary = Path(handle.name)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # NamedTemporaryFile creates files readable by the owner only
         os.replace(temporary, path)
 
     def model_config_dict(self) -> dict[str, Any]:

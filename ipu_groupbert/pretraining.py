@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
     )
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, trainer, stream, context)
+        start_step = _restore(resume_from, trainer, stream, context, training.training_steps)
 
     flops = pretraining_flops(
         model.config, config.data.sequence_length, config.data.mask_tokens,
@@ -218,6 +219,7 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
                 "rng": capture_rng_state(),
                 "data": stream.state_dict(),
                 "world_size": context.world_size,
+                "training_steps": training.training_steps,
             }
             ckpt.save_checkpoint(run_dir, step, model, state, config, tokenizer_dir)
         barrier(context)
@@ -279,8 +281,18 @@ def find_resume_checkpoint(config: RunConfig, run_dir: Path) -> Path | None:
     return latest
 
 
-def _restore(checkpoint: Path, trainer: HostTrainer, stream: MicroBatchStream, context: DistributedContext) -> int:
+def _restore(
+    checkpoint: Path, trainer: HostTrainer, stream: MicroBatchStream, context: DistributedContext, training_steps: int
+) -> int:
     state = ckpt.load_training_state(checkpoint)
+    if state.get("training_steps", training_steps) != training_steps:
+        # The schedule (warm-up and decay) is a function of the run's length, so a resumed run with
+        # another length would not continue the same run.
+        raise ConfigError(
+            f"{checkpoint} belongs to a run of {state['training_steps']} steps but training.training_steps is "
+            f"{training_steps}; resume with training_steps {state['training_steps']}, or start a new phase from its "
+            f"weights with resume_training_from_checkpoint false and checkpoint_input_dir {checkpoint}"
+        )
     if state["world_size"] != context.world_size:
         raise ckpt.CheckpointError(
             f"{checkpoint} was written by {state['world_size']} processes but this run has {context.world_size}; "
@@ -379,18 +391,45 @@ def prepare_data(config: RunConfig, context: DistributedContext) -> tuple[Path |
 
 def _tokenizer_folder(info, context: DistributedContext) -> Path:
     """Save the data's tokenizer as a Hugging Face tokenizer folder, so checkpoints carry it for fine-tuning."""
-    from transformers import BertTokenizerFast
-
     folder = info.path / "hf_tokenizer"
     if context.is_main and not (folder / "tokenizer.json").is_file():
-        tokenizer = BertTokenizerFast(
-            vocab_file=str(info.vocab_file), do_lower_case=info.lowercase, strip_accents=info.strip_accents
-        )
+        tokenizer = bert_tokenizer_from_vocab(info.vocab_file, lowercase=info.lowercase, strip_accents=info.strip_accents)
         staging = info.path / f".hf_tokenizer.partial-{os.getpid()}"
         tokenizer.save_pretrained(staging)
+        shutil.copyfile(info.vocab_file, staging / "vocab.txt")
         os.replace(staging, folder)
     barrier(context)
     return folder
+
+
+def bert_tokenizer_from_vocab(vocab_file: Path, *, lowercase: bool, strip_accents: bool):
+    """Build BERT's fast WordPiece tokenizer ([CLS] A [SEP] B [SEP]) from a vocabulary file.
+
+    Built from `tokenizers` parts because the `BertTokenizerFast(vocab_file=...)` constructor of
+    transformers 5 ignores the file and returns a tokenizer of the special tokens only.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {}
+    for index, line in enumerate(Path(vocab_file).read_text(encoding="utf-8").splitlines()):
+        vocab.setdefault(line.rstrip("\n"), index)
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]", do_lower_case=lowercase,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
 
 
 def _prepared_name(config: RunConfig) -> str:
@@ -462,6 +501,11 @@ def validate(config: RunConfig, trainer: HostTrainer, data_dir: Path | None, con
     if batches == 0:
         logger.warning("The validation split is empty, so no evaluation ran; raise data.validation_fraction")
         return {}
+    if batches < config.training.validation_batches:
+        logger.warning(
+            "The validation split has %d batches, fewer than training.validation_batches (%d); evaluating all %d",
+            batches, config.training.validation_batches, batches,
+        )
     iterator = iter(loader)
     sums = trainer.evaluate(
         (next(iterator) for _ in range(batches)),

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -67,7 +69,7 @@ def select_host_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise ConfigError(
                 "execution.device is cuda but PyTorch sees no CUDA device; set execution.device to auto "
                 "or cpu, or install a CUDA build of PyTorch"
             )

@@ -90,6 +90,11 @@ def _run(config: RunConfig, device: torch.device, context: DistributedContext) -
         )
     if not squad.train_file and not squad.predict_file:
         raise ConfigError("neither squad.train_file nor squad.predict_file is set, so there is nothing to do")
+    for key in ("train_file", "predict_file"):
+        value = getattr(squad, key)
+        # A value without a .json suffix may be a Hugging Face dataset name, read later.
+        if value and str(value).endswith(".json") and not Path(value).is_file():
+            raise FileNotFoundError(f"squad.{key} {value} not found; pass the path of a SQuAD JSON file")
     run_dir = Path(training.checkpoint_output_dir or f"output/{config.name}")
     if context.is_main:
         ckpt.prepare_run_dir(run_dir, resume=False, overwrite=training.overwrite_output_dir)

@@ -291,7 +291,14 @@ def _write_json_atomically(path: Path, value: Any) -> None:
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         json.dump(value, stream, indent=2, ensure_ascii=False)
         stream.write("\n")
+    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates files readable by the owner only
     os.replace(temporary, path)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _feature_candidates(

@@ -500,8 +500,7 @@ def create_pretraining_dataloader(
     if planner.batches_per_epoch == 0 and len(source) > 0:
         raise ValueError(
             f"the {split} split of {path} gives {planner.total_rows} rows, fewer than one micro-batch of "
-            f"{micro_batch_size} per rank for {world_size} rank(s); lower micro_batch_size, set drop_last=False "
-            "or prepare more data"
+            f"{micro_batch_size} per rank for {world_size} rank(s); lower training.micro_batch_size or prepare more data"
         )
     sequences_per_row = max_sequences_per_pack if packed_data else 1
     assembler = BatchAssembler(

@@ -21,6 +21,8 @@ from ipu_groupbert.runtime import DistributedContext
 from ipu_groupbert.trainer import HostTrainer, LossScaler, TrainingStopped
 from pipelines.dataloader import create_pretraining_dataloader
 from pipelines.pretraining_data import prepare_pretraining_data
+from pipelines.shards import read_metadata
+from pipelines.squad import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEQUENCE_LENGTH = 64
@@ -94,6 +96,9 @@ def test_main_job_trains_and_evaluates(prepared_data, tmp_path):
                  "tokenizer/tokenizer.json"):
         assert (final / name).is_file(), name
     assert json.loads((final / "config.json").read_text())["model_type"] == "groupbert"
+    tokenizer = load_tokenizer(final / "tokenizer")
+    assert len(tokenizer) == read_metadata(prepared_data).vocab_size
+    assert tokenizer.tokenize("anarchism") == ["anarchism"]
     assert "execution" not in (final / "config.json").read_text()
 
     plot = plot_runs([tmp_path / "run"], tmp_path / "loss.png")
@@ -210,6 +215,13 @@ def test_new_phase_loads_weights_with_fresh_schedule(tmp_path):
     records = training_records(tmp_path / "phase2")
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["learning_rate"] == 0.0  # the first warm-up step of a fresh schedule
+
+
+def test_resume_with_other_length_fails(tmp_path):
+    main(small_run(tmp_path / "run", None, "--training.training_steps", "2"))
+    with pytest.raises(ValueError, match="belongs to a run of 2 steps but training.training_steps is 4"):
+        main(small_run(tmp_path / "run", None, "--training.training_steps", "4",
+                       "--training.resume_training_from_checkpoint", "true"))
 
 
 def test_resume_without_checkpoint_fails(tmp_path):

@@ -92,9 +92,15 @@ def load_pretrained(path: str | Path, task: str, **config_overrides) -> PreTrain
             f"point to a step_<N> folder of a run or to a Hugging Face model folder"
         )
     config = AutoConfig.from_pretrained(path)
-    model, info = model_class(config.model_type, task).from_pretrained(
-        path, output_loading_info=True, **config_overrides
-    )
+    try:
+        model, info = model_class(config.model_type, task).from_pretrained(
+            path, output_loading_info=True, **config_overrides
+        )
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"could not load the weights in {path} ({type(error).__name__}: {error}); the file may be cut short "
+            f"or corrupted, so point to another checkpoint"
+        ) from error
     if info["missing_keys"]:
         logger.info("Initialised %d tensors not in %s: %s", len(info["missing_keys"]), path, sorted(info["missing_keys"]))
     return model
