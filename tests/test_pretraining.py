@@ -334,3 +334,19 @@ def test_fp16_on_cpu_is_rejected():
     with pytest.raises(NotImplementedError, match="use bf16 or fp32 on CPU"):
         main(load_config("groupbert_tiny", ["--training.precision", "fp16", "--execution.device", "cpu",
                                             "--data.dataset", "generated"]))
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+    import run_pretraining
+
+    arguments = ["--config", "groupbert_tiny", "--data.dataset", "generated", "--training.training_steps", "1",
+                 "--model.hidden_size", "64", "--model.intermediate_size", "256", "--data.sequence_length", "32",
+                 "--data.mask_tokens", "5", "--training.micro_batch_size", "2", "--execution.device", "cpu",
+                 "--logging.disable_progress_bar", "true", "--training.checkpoint_output_dir", str(tmp_path / "run")]
+    assert run_pretraining.cli(arguments) == 0
+    capsys.readouterr()
+    assert run_pretraining.cli(arguments) == 2
+    error = capsys.readouterr().err
+    assert "error: " in error
+    assert "already holds a run" in error
+    assert "Traceback" not in error
