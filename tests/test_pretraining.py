@@ -98,7 +98,7 @@ def test_main_job_trains_and_evaluates(prepared_data, tmp_path):
     assert json.loads((final / "config.json").read_text())["model_type"] == "groupbert"
     tokenizer = load_tokenizer(final / "tokenizer")
     assert len(tokenizer) == read_metadata(prepared_data).vocab_size
-    assert tokenizer.tokenize("anarchism") == ["anarchism"]
+    assert tokenizer.tokenize("The history of the state") == ["the", "history", "of", "the", "state"]
     assert "execution" not in (final / "config.json").read_text()
 
     plot = plot_runs([tmp_path / "run"], tmp_path / "loss.png")
