@@ -576,14 +576,23 @@ def _read_chain(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[Path, di
         return [(path, data)]
     if not isinstance(parent_name, str) or not parent_name:
         raise ConfigError(f"{path}: `extends:` must be a file name or path, got {parent_name!r}")
-    parent = path.parent / parent_name
-    if not parent.is_file() and not parent.suffix and parent.with_suffix(".yaml").is_file():
-        parent = parent.with_suffix(".yaml")
+    # A relative name is looked up beside this file first, then among the shipped configs, so a
+    # user's own file may extend `groupbert_base.yaml` without a path.
+    candidates = [path.parent / parent_name]
+    if not Path(parent_name).is_absolute():
+        candidates.append(CONFIGS_DIR / parent_name)
+    parent = candidates[0]
+    for candidate in candidates:
+        if not candidate.is_file() and not candidate.suffix and candidate.with_suffix(".yaml").is_file():
+            candidate = candidate.with_suffix(".yaml")
+        if candidate.is_file():
+            parent = candidate
+            break
     if not parent.is_file():
         names = ", ".join(available_configs(path.parent)) or "none"
         raise ConfigError(
-            f"{path}: `extends: {parent_name}` not found at {parent}; the path is relative to this file's "
-            f"folder, which holds: {names}"
+            f"{path}: `extends: {parent_name}` not found beside this file ({names}) or among the shipped "
+            f"configs in {CONFIGS_DIR}; give a path relative to this file's folder"
         )
     return _read_chain(parent, stack + (path,)) + [(path, data)]
 

@@ -300,6 +300,13 @@ def test_extends_cycle_names_chain(tmp_path):
         load_config(str(tmp_path / "a.yaml"))
 
 
+def test_extends_shipped_config_by_name(tmp_path):
+    path = write(tmp_path, "mine.yaml", "extends: groupbert_tiny\ntraining:\n  training_steps: 7\n")
+    config = load_config(str(path))
+    assert config.training.training_steps == 7
+    assert config.model.hidden_size == 128
+
+
 def test_extends_missing_target(tmp_path):
     path = write(tmp_path, "child.yaml", "extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"child.yaml: `extends: nowhere.yaml` not found .*relative to this file"):
