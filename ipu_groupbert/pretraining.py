@@ -312,6 +312,11 @@ def build_or_load_model(config: RunConfig, resume_from: Path | None, data_vocab_
             f"the tokenizer has {data_vocab_size} tokens but model.vocab_size is {model_config.vocab_size}; "
             f"set model.vocab_size to at least {data_vocab_size}"
         )
+    if data_vocab_size < model_config.vocab_size:
+        logger.info(
+            "The tokenizer has %d tokens and model.vocab_size is %d, so %d embedding rows are never used",
+            data_vocab_size, model_config.vocab_size, model_config.vocab_size - data_vocab_size,
+        )
     source = resume_from or (
         ckpt.resolve_checkpoint(config.training.checkpoint_input_dir) if config.training.checkpoint_input_dir else None
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,11 +91,6 @@ def _run(config: RunConfig, device: torch.device, context: DistributedContext) -
         )
     if not squad.train_file and not squad.predict_file:
         raise ConfigError("neither squad.train_file nor squad.predict_file is set, so there is nothing to do")
-    for key in ("train_file", "predict_file"):
-        value = getattr(squad, key)
-        # A value without a .json suffix may be a Hugging Face dataset name, read later.
-        if value and str(value).endswith(".json") and not Path(value).is_file():
-            raise FileNotFoundError(f"squad.{key} {value} not found; pass the path of a SQuAD JSON file")
     run_dir = Path(training.checkpoint_output_dir or f"output/{config.name}")
     if context.is_main:
         ckpt.prepare_run_dir(run_dir, resume=False, overwrite=training.overwrite_output_dir)
@@ -107,6 +103,12 @@ def _run(config: RunConfig, device: torch.device, context: DistributedContext) -
     source = ckpt.resolve_checkpoint(training.checkpoint_input_dir)
     tokenizer_path = Path(squad.tokenizer) if squad.tokenizer else _checkpoint_tokenizer(source)
     tokenizer = squad_data.load_tokenizer(tokenizer_path)
+    # Check the input files before the slow model load.
+    for key in ("train_file", "predict_file"):
+        value = getattr(squad, key)
+        # A value without a .json suffix may be a Hugging Face dataset name, read later.
+        if value and str(value).endswith(".json") and not Path(value).is_file():
+            raise FileNotFoundError(f"squad.{key} {value} not found; pass the path of a SQuAD JSON file")
     torch.manual_seed(training.random_seed)
     model = load_pretrained(source, "question_answering", **_dropout_overrides(config)).to(device)
     if len(tokenizer) > model.config.vocab_size:
@@ -120,9 +122,9 @@ def _run(config: RunConfig, device: torch.device, context: DistributedContext) -
     if squad.train_file:
         steps = _fine_tune(config, model, tokenizer, device, context, run_dir)
         if context.is_main:
-            saved = ckpt.save_checkpoint(
-                run_dir, steps, model, {"step": steps}, config, _tokenizer_folder(tokenizer, run_dir)
-            )
+            with tempfile.TemporaryDirectory() as tokenizer_dir:
+                tokenizer.save_pretrained(tokenizer_dir)
+                saved = ckpt.save_checkpoint(run_dir, steps, model, {"step": steps}, config, tokenizer_dir)
         barrier(context)
 
     predictions_file, evaluation = None, None
@@ -141,13 +143,6 @@ def _checkpoint_tokenizer(checkpoint: Path) -> Path:
         f"checkpoint {checkpoint} has no tokenizer (no tokenizer/ folder, tokenizer.json or vocab.txt); "
         f"set squad.tokenizer to the vocabulary or tokenizer folder it was trained with"
     )
-
-
-def _tokenizer_folder(tokenizer, run_dir: Path) -> Path:
-    folder = run_dir / ".tokenizer"
-    if not folder.exists():
-        tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _dropout_overrides(config: RunConfig) -> dict:
