@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -178,7 +179,7 @@ class HostTrainer:
         with warnings.catch_warnings():
             # A skipped step still advances the schedule, so the schedule stays tied to the step count;
             # PyTorch warns about exactly that order.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         return result
 
