@@ -211,13 +211,15 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
         progress_bar=not config.logging.disable_progress_bar, wandb_run=wandb_run,
     )
 
-    def save(step: int) -> None:
+    def save(step: int, data_and_rng: tuple[list[dict], dict] | None = None) -> None:
+        """Write step_<step>; `data_and_rng` replaces the current data position and random states."""
         if context.is_main:
+            data_state, rng_state = data_and_rng or (stream.state_dict(), capture_rng_state())
             state = {
                 "step": step,
                 "trainer": trainer.state_dict(),
-                "rng": capture_rng_state(),
-                "data": stream.state_dict(),
+                "rng": rng_state,
+                "data": data_state,
                 "world_size": context.world_size,
                 "training_steps": training.training_steps,
             }
@@ -227,8 +229,11 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
     # Train.
     step, last_record, saved_step = start_step, None, start_step if resume_from is not None else None
     logger.info("Training from step %d to %d", start_step, training.training_steps)
+    before_step = None
     try:
         for step in range(start_step, training.training_steps):
+            # Where data and random states stood before this step, for a checkpoint written if it fails.
+            before_step = (stream.state_dict(), capture_rng_state())
             learning_rate = scheduler.get_last_lr()[0]
             result = trainer.train_step(stream.next_window(), step)
             completed = step + 1
@@ -248,9 +253,10 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
                 saved_step = completed
         step = training.training_steps
     except (TrainingStopped, KeyboardInterrupt):
-        # Keep the work done so far: the weights are those of the last completed step.
+        # Keep the work done so far: the weights are those of the last completed step, and the data
+        # position is the one before the failed step, so a resumed run repeats that step.
         if saved_step != step and step > 0:
-            save(step)
+            save(step, before_step)
         metrics.close()
         raise
 

@@ -350,3 +350,24 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert "error: " in error
     assert "already holds a run" in error
     assert "Traceback" not in error
+
+
+def test_interrupted_run_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    extra = ("--model.hidden_dropout_prob", "0.1")
+    main(small_run(tmp_path / "straight", None, *extra))
+
+    original_step = HostTrainer.train_step
+
+    def interrupt_at_fourth_step(self, micro_batches, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original_step(self, micro_batches, step)
+
+    monkeypatch.setattr(HostTrainer, "train_step", interrupt_at_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        main(small_run(tmp_path / "interrupted", None, *extra))
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "interrupted")] == [3]
+
+    monkeypatch.setattr(HostTrainer, "train_step", original_step)
+    main(small_run(tmp_path / "interrupted", None, *extra, "--training.resume_training_from_checkpoint", "true"))
+    assert_same_weights(weights(tmp_path / "interrupted" / "step_6"), weights(tmp_path / "straight" / "step_6"), atol=0)
