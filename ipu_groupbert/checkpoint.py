@@ -84,7 +84,7 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> No
         if not overwrite:
             found = f"checkpoints up to step_{earlier[-1][0]}" if earlier else METRICS_FILE
             raise CheckpointError(
-                f"{run_dir} already holds a run ({found}); set training.resume_training_from_checkpoint "
+                f"{run_dir} already contains a run ({found}); set training.resume_training_from_checkpoint "
                 f"true to continue it, choose another training.checkpoint_output_dir, or set "
                 f"training.overwrite_output_dir true to replace it"
             )
@@ -128,8 +128,8 @@ def load_training_state(checkpoint: str | Path) -> dict:
     path = Path(checkpoint) / TRAINING_STATE_FILE
     if not path.is_file():
         raise CheckpointError(
-            f"{checkpoint} has no {TRAINING_STATE_FILE}, so training cannot resume from it; it holds weights "
-            f"only. Set training.resume_training_from_checkpoint false to start a new schedule from its weights"
+            f"{checkpoint} has no {TRAINING_STATE_FILE}, so training cannot resume from it because it contains "
+            f"weights only. Set training.resume_training_from_checkpoint false to start a new schedule from its weights"
         )
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -1203,7 +1203,7 @@ def _consistency_errors(config: RunConfig) -> list[str]:
 
 
 def _squad_errors(config: RunConfig, at: Any) -> list[str]:
-    d, t, s = config.data, config.training, config.squad
+    d, s = config.data, config.squad
     errors = []
     # [CLS] question [SEP] context [SEP]: three special tokens besides question and context.
     context_tokens = d.sequence_length - s.max_query_length - 3

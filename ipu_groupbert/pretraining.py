@@ -1,9 +1,9 @@
 """Pre-training on the host backend (CPU or CUDA, alone or under torchrun): `main(config)`.
 
-The loop, top to bottom: set up the process and the run folder; prepare the data; build or load
-the model; build the optimizer and schedule (or restore them when resuming); then for each step
-draw a window of micro-batches, take the optimizer step, log, and checkpoint; finally save, and
-evaluate on held-out text.
+The loop, top to bottom: set up the process and the run folder, prepare the data, and build or
+load the model. Then build the optimizer and schedule, or restore them when resuming. Each step
+draws a window of micro-batches, takes the optimizer step, logs and checkpoints. At the end the
+run saves and evaluates on held-out text.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class MicroBatchStream:
     """Draw the micro-batches of one process, replica by replica, from one loader per local replica.
 
     A process running `replication_factor` replicas reads the data shards those replicas would read
-    in a multi-process run, so one process with replication 2 sees the same samples per step as two
+    in a multi-process run, so one process with replication 2 reads the same samples per step as two
     processes with replication 1.
     """
 
@@ -125,7 +125,7 @@ class MicroBatchStream:
     def load_state_dict(self, states: list[dict]) -> None:
         if len(states) != len(self.loaders):
             raise ckpt.CheckpointError(
-                f"the checkpoint holds data positions for {len(states)} replicas in this process but the run "
+                f"the checkpoint contains data positions for {len(states)} replicas in this process but the run "
                 f"has {len(self.loaders)}; resume with the same execution.replication_factor and process count"
             )
         for loader, state in zip(self.loaders, states):
@@ -195,20 +195,9 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
     if resume_from is not None:
         start_step = _restore(resume_from, trainer, stream, context, training.training_steps)
 
-    flops = pretraining_flops(
-        model.config, config.data.sequence_length, config.data.mask_tokens,
-        next_sentence_prediction=config.data.next_sentence_prediction,
-        sequences_per_row=config.data.max_sequences_per_pack if config.data.packed_data else 1,
-    )
-    wandb_run = None
-    if context.is_main and config.logging.wandb:
-        wandb_run = start_wandb(config.logging, config.to_dict(), run_dir, config.name)
-    metrics = MetricsLogger(
-        run_dir, enabled=context.is_main, total_steps=training.training_steps, start_step=start_step,
-        samples_per_step=derived.global_batch_size, tokens_per_step=derived.tokens_per_step,
-        flops_per_step=flops.training_per_row * derived.global_batch_size,
-        peak_flops_per_second=peak_flops(device, training.precision),
-        progress_bar=not config.logging.disable_progress_bar, wandb_run=wandb_run,
+    metrics = create_metrics_logger(
+        config, model.config, run_dir, is_main=context.is_main, world_size=context.world_size,
+        start_step=start_step, peak_flops_per_second=peak_flops(device, training.precision),
     )
 
     def save(step: int, data_and_rng: tuple[list[dict], dict] | None = None) -> None:
@@ -269,6 +258,30 @@ def _pretrain_on_host(config: RunConfig, device: torch.device, context: Distribu
         metrics.log_event({"split": "validation", "step": step, **validation})
     metrics.close()
     return PretrainingResult(run_dir=run_dir, final_step=step, last_metrics=last_record, validation=validation)
+
+
+def create_metrics_logger(
+    config: RunConfig, model_config, run_dir: Path, *, is_main: bool, world_size: int, start_step: int,
+    peak_flops_per_second: float | None,
+) -> MetricsLogger:
+    """Create the pre-training metrics logger, and the wandb run when enabled, for either backend."""
+    data = config.data
+    derived = config.derived(world_size)
+    flops = pretraining_flops(
+        model_config, data.sequence_length, data.mask_tokens,
+        next_sentence_prediction=data.next_sentence_prediction,
+        sequences_per_row=data.max_sequences_per_pack if data.packed_data else 1,
+    )
+    wandb_run = None
+    if is_main and config.logging.wandb:
+        wandb_run = start_wandb(config.logging, config.to_dict(), run_dir, config.name)
+    return MetricsLogger(
+        run_dir, enabled=is_main, total_steps=config.training.training_steps, start_step=start_step,
+        samples_per_step=derived.global_batch_size, tokens_per_step=derived.tokens_per_step,
+        flops_per_step=flops.training_per_row * derived.global_batch_size,
+        peak_flops_per_second=peak_flops_per_second,
+        progress_bar=not config.logging.disable_progress_bar, wandb_run=wandb_run,
+    )
 
 
 def find_resume_checkpoint(config: RunConfig, run_dir: Path) -> Path | None:

@@ -1,9 +1,9 @@
 """SQuAD fine-tuning and evaluation on the host backend: `main(config)`.
 
-The loop, top to bottom: load the checkpoint and its tokenizer; turn the SQuAD files into windowed
-features (skipped examples are counted and logged); fine-tune for `squad.epochs` through the same
-trainer as pre-training; save the fine-tuned model; predict the evaluation file; post-process into
-answers and score them. The run folder receives `predictions.json`, `nbest_predictions.json` and
+The loop, top to bottom: load the checkpoint and its tokenizer, and turn the SQuAD files into
+windowed features, counting and logging skipped examples. Fine-tune for `squad.epochs` through the
+same trainer as pre-training and save the fine-tuned model. Then predict the evaluation file,
+post-process the logits into answer texts and score them. The run folder receives `predictions.json`, `nbest_predictions.json` and
 `eval_results.json`.
 """
 

@@ -107,7 +107,7 @@ def test_main_job_trains_and_evaluates(prepared_data, tmp_path):
 
 def test_existing_run_is_not_overwritten(tmp_path):
     main(small_run(tmp_path / "run", None, "--training.training_steps", "2"))
-    with pytest.raises(ckpt.CheckpointError, match="already holds a run.*overwrite_output_dir"):
+    with pytest.raises(ckpt.CheckpointError, match="already contains a run.*overwrite_output_dir"):
         main(small_run(tmp_path / "run", None, "--training.training_steps", "2"))
     main(small_run(tmp_path / "run", None, "--training.training_steps", "3", "--training.overwrite_output_dir", "true"))
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "run")] == [3]
@@ -348,7 +348,7 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert run_pretraining.cli(arguments) == 2
     error = capsys.readouterr().err
     assert "error: " in error
-    assert "already holds a run" in error
+    assert "already contains a run" in error
     assert "Traceback" not in error
 
 

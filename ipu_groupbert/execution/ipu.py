@@ -30,14 +30,14 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, RunConfig
-from ..metrics import MetricsLogger, start_wandb
-from ..models import build_model, model_config_from_dict, pretraining_flops
+from ..models import build_model, model_config_from_dict
 from ..optim import build_lr_scheduler
 from ..pretraining import validate as _host_validate
 from ..pretraining import (
     MicroBatchStream,
     PretrainingResult,
     build_or_load_model,
+    create_metrics_logger,
     find_resume_checkpoint,
     prepare_data,
     training_loader,
@@ -201,19 +201,10 @@ def _pretrain(
         data_loader.terminate()
         raise
 
-    flops = pretraining_flops(
-        model.config, config.data.sequence_length, config.data.mask_tokens,
-        next_sentence_prediction=config.data.next_sentence_prediction,
-        sequences_per_row=config.data.max_sequences_per_pack if config.data.packed_data else 1,
-    )
-    wandb_run = None
-    if context.is_main and config.logging.wandb:
-        wandb_run = start_wandb(config.logging, config.to_dict(), run_dir, config.name)
-    metrics = MetricsLogger(
-        run_dir, enabled=context.is_main, total_steps=training.training_steps, start_step=start_step,
-        samples_per_step=derived.global_batch_size, tokens_per_step=derived.tokens_per_step,
-        flops_per_step=flops.training_per_row * derived.global_batch_size, peak_flops_per_second=None,
-        progress_bar=not config.logging.disable_progress_bar, wandb_run=wandb_run,
+    # IPU peak FLOP/s are not tabulated, so MFU is not computed here.
+    metrics = create_metrics_logger(
+        config, model.config, run_dir, is_main=context.is_main, world_size=context.instances,
+        start_step=start_step, peak_flops_per_second=None,
     )
     metrics.log_event({"event": "compile", "step": start_step, "compile_seconds": compile_seconds})
 

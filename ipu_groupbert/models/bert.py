@@ -108,7 +108,7 @@ class BertModel(BertPreTrainedModel):
         output_pooled: bool = True,
     ) -> BaseModelOutputWithPooling:
         # Every BERT operation outside attention is per token, so only the attention mask
-        # sees padding and packing.
+        # depends on padding and packing.
         attention_bias_mask = attention_mask_from_groups(token_groups(attention_mask, sequence_ids))
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)
         hidden_states = self.encoder(hidden_states, attention_bias_mask)
